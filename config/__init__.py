@@ -1,0 +1,1 @@
+"""Settings, provider accounts and logging. Imports nothing else of refundq."""

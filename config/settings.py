@@ -1,0 +1,54 @@
+"""One typed settings object, read from `REFUNDQ_*` environment variables and `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REFUNDQ_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///./refundq.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis key prefix for everything refundq stores beside Celery's own keys (nonces, locks, buckets).
+    redis_prefix: str = "refundq"
+    accounts_file: Path = Path("accounts.toml")
+
+    log_format: str = Field(default="console", pattern="^(console|json)$")
+    log_level: str = "INFO"
+
+    # Celery / Redis. Every countdown and time limit must stay below the visibility timeout
+    # (CELERY-PITFALLS #1, #5, #16); worker/app.py refuses to start otherwise.
+    visibility_timeout: int = 300
+    task_soft_time_limit: int = 60
+    task_time_limit: int = 90
+    max_countdown: int = 10
+    worker_soft_shutdown_timeout: float = 30.0
+
+    # HTTP to providers: connect/read well below the soft time limit.
+    http_connect_timeout: float = 5.0
+    http_read_timeout: float = 20.0
+
+    # Scheduling (seconds).
+    dispatch_interval: float = 1.0
+    dispatch_batch: int = 500
+    poll_batch: int = 50
+    lease_seconds: int = 60
+    poll_initial: float = 2.0
+    poll_max: float = 300.0
+    retry_initial: float = 2.0
+    retry_max: float = 120.0
+    max_attempts: int = 8
+    deadline_hours: float = 72.0
+    partial_deadline_hours: float = 24.0
+    action_required_deadline_hours: float = 168.0
+    action_required_poll: float = 600.0
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,196 @@
+"""The provider adapter contract: unified statuses, wire types, errors.
+
+Adapters are pure: they build `Request`s and parse `Response`s. They never do I/O, never
+touch the database, Celery or Redis. One transport in `worker/transport.py` sends every
+request, so timeouts, pooling, redaction and metrics live in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Protocol
+
+from config.accounts import Account
+
+
+class RefundStatus(StrEnum):
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    UNKNOWN = "unknown"
+    PENDING = "pending"
+    PROCESSING = "processing"
+    ACTION_REQUIRED = "action_required"
+    PARTIALLY_COMPLETED = "partially_completed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    NEEDS_ATTENTION = "needs_attention"
+    CANCELLED = "cancelled"
+
+
+class NoncePolicy(StrEnum):
+    NONE = "none"  # no nonce at all (Cryptomus)
+    TIMESTAMP = "timestamp"  # a current clock reading in `nonce_unit` (Cobo ms, CoinVoyage s)
+    INCREASING = "increasing"  # strictly increasing per API key, shared by every worker (CoinCorner)
+
+
+class NonceUnit(StrEnum):
+    S = "s"
+    MS = "ms"
+    US = "us"
+
+
+class ErrorKind(StrEnum):
+    RETRYABLE = "retryable"  # nothing happened at the provider; safe to send again later
+    RATE_LIMITED = "rate_limited"  # like retryable, honour retry_after
+    NONCE = "nonce"  # the provider refused the nonce; not executed; re-sign with a fresh one
+    AUTH = "auth"  # credentials/signature refused: configuration problem, never loop
+    REJECTED = "rejected"  # the provider refused the refund itself (validation, balance, ...)
+    AMBIGUOUS = "ambiguous"  # may or may not have been executed: look it up before any resend
+    UNMAPPED = "unmapped"  # the provider answered with a status we do not know
+
+
+class ProviderError(Exception):
+    """A provider answered, and the answer means the operation did not (certainly) succeed."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        code: str | None = None,
+        retry_after: float | None = None,
+        raw_status: str | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.code = code
+        self.retry_after = retry_after
+        self.raw_status = raw_status
+        self.http_status = http_status
+
+    def __str__(self) -> str:
+        code = f" [{self.code}]" if self.code else ""
+        http = f" (HTTP {self.http_status})" if self.http_status else ""
+        return f"{self.kind}{code}{http}: {self.message}"
+
+
+class UnmappedStatusError(ProviderError):
+    """An undocumented provider status. Never silently mapped: the refund goes to needs_attention."""
+
+    def __init__(self, provider: str, raw_status: str) -> None:
+        super().__init__(
+            ErrorKind.UNMAPPED, f"{provider}: undocumented status {raw_status!r}", raw_status=raw_status
+        )
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.rule}"
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Response:
+    status_code: int
+    headers: Mapping[str, str]  # keys lower-cased by the transport
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+@dataclass(frozen=True)
+class RefundSpec:
+    """What an adapter knows about one refund. `refund_id` is refundq's id and our idempotency
+    key towards the provider where it has one (Cobo `request_id`, CoinVoyage metadata)."""
+
+    refund_id: str
+    amount: Decimal
+    currency: str  # token id (Cobo `ETH_USDT`) or invoice currency (CoinCorner `GBP`)
+    destination: str
+    fields: Mapping[str, Any] = field(default_factory=dict)  # provider-specific request fields
+    provider_refund_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    """The provider's view of one refund, mapped onto a unified status; raw status kept verbatim."""
+
+    status: RefundStatus
+    raw_status: str
+    provider_refund_id: str | None = None
+    reason: str | None = None  # failed_reason, what action is required, ...
+    detail: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"action_url": ...}, reported amounts
+
+
+class Adapter(Protocol):
+    name: str
+    nonce_policy: NoncePolicy
+    nonce_unit: NonceUnit
+    #: fields the producer must give in RefundSpec.fields (names, for validation messages and docs)
+    required_fields: tuple[str, ...]
+
+    def validate(self, spec: RefundSpec, account: Account) -> list[FieldError]: ...
+
+    def exclusive_key(self, spec: RefundSpec) -> str | None:
+        """A key of which at most one live refund may exist per account (one refund per invoice)."""
+        ...
+
+    def build_submit(self, spec: RefundSpec, account: Account, nonce: int) -> Request: ...
+    def parse_submit(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult: ...
+    def build_status(self, spec: RefundSpec, account: Account, nonce: int) -> Request: ...
+    def parse_status(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult: ...
+    def build_lookup(self, spec: RefundSpec, account: Account, nonce: int) -> Request: ...
+    def parse_lookup(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult | None:
+        """None: the provider has no refund for our key, so a (re)send is safe."""
+        ...
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, account: Account) -> StatusResult:
+        """Raises ProviderError(AUTH) when the signature does not verify."""
+        ...
+
+
+def decimal_places(amount: Decimal) -> int:
+    exponent = amount.as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
+def plain_decimal(amount: Decimal) -> str:
+    """'10.50', never '1.05E+1'."""
+    return format(amount, "f")
+
+
+def check_amount(amount: Decimal, *, max_places: int, field_name: str = "amount") -> list[FieldError]:
+    if not amount.is_finite():
+        return [FieldError(field_name, "must be a finite number")]
+    if amount <= 0:
+        return [FieldError(field_name, "must be greater than zero")]
+    if decimal_places(amount.normalize()) > max_places:
+        return [FieldError(field_name, f"at most {max_places} decimal places")]
+    return []
+
+
+def json_or_none(body: bytes) -> Any:
+    import json
+
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return None

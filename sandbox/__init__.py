@@ -1,0 +1,1 @@
+"""Emulators of the four providers, for the demo, tests and benchmarks. Never a real provider."""

@@ -1,0 +1,267 @@
+"""What the four provider emulators share: the ledger, scenarios chosen by data, the lifecycle
+clock, per-key nonce and rate-limit checks, and the fault switches tests flip at run time.
+
+Scenarios are chosen by data so a test or the demo picks an outcome just by what it enqueues:
+a marker `sbx<NN>` in a provider text field (order id, ...) wins; otherwise the cents of the
+amount (`12.51` -> 51). Codes below 50 are normal refunds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from enum import IntEnum
+from typing import Any
+
+from pathlib import Path
+
+from config.accounts import Accounts, resolve_secret
+
+
+class Scenario(IntEnum):
+    NORMAL = 0
+    FAILED = 51  # the provider tries and fails
+    PARTIAL = 52  # some transfers fail (Cobo PartiallyCompleted; others: failed)
+    SLOW = 53  # lifecycle ten times slower
+    RATE_LIMITED = 54  # first create call answers 429 with Retry-After, creates nothing
+    SERVER_ERROR = 55  # first create call answers 500, creates nothing
+    TIMEOUT_AFTER_COMMIT = 56  # first create call creates the refund, then never answers
+    UNDOCUMENTED_STATUS = 57  # status reads answer a status no spec documents
+    REJECTED = 58  # create refused (insufficient balance / already refunded)
+    ACTION_REQUIRED = 59  # waits for a person: Cobo PendingConfirmation, CoinVoyage AWAITING_PAYMENT
+
+
+_MARKER = re.compile(r"sbx(\d{2})")
+
+
+def scenario_for(amount: Decimal | None = None, *texts: str | None) -> Scenario:
+    for text in texts:
+        if text and (m := _MARKER.search(text)):
+            return _scenario(int(m.group(1)))
+    if amount is None:
+        return Scenario.NORMAL
+    cents = int((amount * 100) % 100)
+    return _scenario(cents)
+
+
+def _scenario(code: int) -> Scenario:
+    try:
+        return Scenario(code)
+    except ValueError:
+        return Scenario.NORMAL
+
+
+class Phase(IntEnum):
+    PENDING = 0
+    PROCESSING = 1
+    FINAL = 2
+
+
+@dataclass
+class SandboxConfig:
+    step_seconds: float = 1.0  # time in each non-final phase
+    hang_seconds: float = 60.0  # how long a timeout-after-commit create keeps the client waiting
+    timestamp_window_ms: int = 300_000  # Cobo / CoinVoyage: stale timestamps are refused
+    strict_nonce: dict[str, bool] = field(default_factory=dict)  # provider -> enforce increasing nonces
+    rate_limit: dict[str, float] = field(default_factory=dict)  # key id -> requests per second
+    outage: dict[str, bool] = field(default_factory=dict)  # provider -> answer every call with 503
+
+
+@dataclass
+class LedgerEntry:
+    provider: str
+    key_id: str  # the API key / merchant the refund was created under (public part only)
+    refund_key: str  # what identifies the refund at the provider (request_id, OrderId, ...)
+    provider_refund_id: str
+    scenario: int
+    create_calls: int = 0  # signed create calls that named this refund (duplicates included)
+    created: int = 0  # refund records actually created: must never exceed 1
+    created_at: float = 0.0
+    funded_at: float | None = None  # CoinVoyage: when the merchant funded the pay-order
+    amount: str | None = None
+    destination: str | None = None
+    currency: str | None = None
+    status_override: str | None = None  # drift injected behind refundq's back
+
+
+class SandboxState:
+    def __init__(
+        self, accounts: Accounts, config: SandboxConfig | None = None, sandbox_secrets: Mapping[str, str] | None = None
+    ) -> None:
+        self.accounts = accounts
+        # The sandbox's own keys (e.g. `cobo_response_private_key`), from the [sandbox] table.
+        self.sandbox_secrets = dict(sandbox_secrets or {})
+        self.config = config or SandboxConfig()
+        self.ledger: dict[tuple[str, str, str], LedgerEntry] = {}
+        self.counters: dict[str, int] = {}  # "provider:what" -> count (nonce_rejections, 429s, ...)
+        self._last_nonce: dict[tuple[str, str], int] = {}
+        self._seen_nonces: dict[tuple[str, str], float] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, updated)
+        self._lock = threading.Lock()
+        self._first_calls: set[tuple[str, str, str, str]] = set()
+
+    # --- accounts -------------------------------------------------------------------------------
+
+    def accounts_for(self, provider: str) -> list[Any]:
+        return [a for a in self.accounts.values() if a.provider == provider]
+
+    # --- counters and faults --------------------------------------------------------------------
+
+    def count(self, provider: str, what: str) -> None:
+        with self._lock:
+            key = f"{provider}:{what}"
+            self.counters[key] = self.counters.get(key, 0) + 1
+
+    def first_time(self, provider: str, key_id: str, refund_key: str, fault: str) -> bool:
+        """True on the first call for this refund and fault; faults fire once so retries succeed."""
+        marker = (provider, key_id, refund_key, fault)
+        with self._lock:
+            if marker in self._first_calls:
+                return False
+            self._first_calls.add(marker)
+            return True
+
+    # --- nonce / timestamp checks ---------------------------------------------------------------
+
+    def accept_increasing_nonce(self, provider: str, key_id: str, nonce: int) -> bool:
+        """Strictly increasing per key, as CoinCorner (and exchanges) enforce."""
+        if not self.config.strict_nonce.get(provider, provider == "coincorner"):
+            return True
+        with self._lock:
+            last = self._last_nonce.get((provider, key_id), -1)
+            if nonce <= last:
+                self.counters[f"{provider}:nonce_rejections"] = self.counters.get(f"{provider}:nonce_rejections", 0) + 1
+                return False
+            self._last_nonce[(provider, key_id)] = nonce
+            return True
+
+    def accept_timestamp(self, provider: str, key_id: str, ts_ms: int, signature: str) -> str | None:
+        """None when fresh and not replayed; else why not."""
+        now_ms = int(time.time() * 1000)
+        if abs(now_ms - ts_ms) > self.config.timestamp_window_ms:
+            return "stale timestamp"
+        with self._lock:
+            cutoff = time.time() - self.config.timestamp_window_ms / 1000 * 2
+            if len(self._seen_nonces) > 100_000:
+                self._seen_nonces = {k: t for k, t in self._seen_nonces.items() if t > cutoff}
+            marker = (f"{provider}:{key_id}", f"{ts_ms}:{signature}")
+            if marker in self._seen_nonces:
+                return "replayed nonce"
+            self._seen_nonces[marker] = time.time()
+        if self.config.strict_nonce.get(provider, False) and not self.accept_increasing_nonce(provider, key_id, ts_ms):
+            return "nonce not increasing"
+        return None
+
+    def take_rate_token(self, key_id: str) -> float | None:
+        """None when allowed; else seconds until a token is available (for Retry-After)."""
+        rate = self.config.rate_limit.get(key_id)
+        if not rate:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            tokens, updated = self._buckets.get(key_id, (rate, now))
+            tokens = min(rate, tokens + (now - updated) * rate)
+            if tokens >= 1:
+                self._buckets[key_id] = (tokens - 1, now)
+                return None
+            self._buckets[key_id] = (tokens, now)
+            self.counters[f"{key_id}:rate_limited"] = self.counters.get(f"{key_id}:rate_limited", 0) + 1
+            return (1 - tokens) / rate
+
+    # --- ledger ---------------------------------------------------------------------------------
+
+    def find(self, provider: str, key_id: str, refund_key: str) -> LedgerEntry | None:
+        return self.ledger.get((provider, key_id, refund_key))
+
+    def record_create(
+        self,
+        provider: str,
+        key_id: str,
+        refund_key: str,
+        *,
+        provider_refund_id: str,
+        scenario: Scenario,
+        amount: Decimal | None = None,
+        destination: str | None = None,
+        currency: str | None = None,
+    ) -> tuple[LedgerEntry, bool]:
+        """Count a create call; create the refund unless it exists. Returns (entry, created_now)."""
+        with self._lock:
+            entry = self.ledger.get((provider, key_id, refund_key))
+            if entry is None:
+                entry = LedgerEntry(
+                    provider=provider,
+                    key_id=key_id,
+                    refund_key=refund_key,
+                    provider_refund_id=provider_refund_id,
+                    scenario=int(scenario),
+                    created_at=time.time(),
+                    amount=None if amount is None else format(amount, "f"),
+                    destination=destination,
+                    currency=currency,
+                )
+                self.ledger[(provider, key_id, refund_key)] = entry
+                entry.create_calls, entry.created = 1, 1
+                return entry, True
+            entry.create_calls += 1
+            return entry, False
+
+    def count_create_call(self, provider: str, key_id: str, refund_key: str) -> None:
+        """A create call refused before creating (duplicate, one-per-invoice): still counted."""
+        with self._lock:
+            entry = self.ledger.get((provider, key_id, refund_key))
+            if entry is not None:
+                entry.create_calls += 1
+
+    def phase(self, entry: LedgerEntry, now: float | None = None) -> Phase:
+        now = time.time() if now is None else now
+        start = entry.funded_at if entry.scenario == Scenario.ACTION_REQUIRED else entry.created_at
+        if start is None:
+            return Phase.PENDING
+        step = self.config.step_seconds * (10 if entry.scenario == Scenario.SLOW else 1)
+        elapsed = now - start
+        if elapsed < step:
+            return Phase.PENDING
+        if elapsed < 2 * step:
+            return Phase.PROCESSING
+        return Phase.FINAL
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "refunds": [asdict(e) for e in self.ledger.values()],
+                "counters": dict(self.counters),
+            }
+
+    def reset(self) -> None:
+        with self._lock:
+            self.ledger.clear()
+            self.counters.clear()
+            self._last_nonce.clear()
+            self._seen_nonces.clear()
+            self._buckets.clear()
+            self._first_calls.clear()
+
+    async def hang(self) -> None:
+        await asyncio.sleep(self.config.hang_seconds)
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    return headers.get(name) or headers.get(name.lower())
+
+
+def load_sandbox_secrets(accounts_file: Path | None) -> dict[str, str]:
+    if accounts_file is None:
+        return {}
+    import tomllib
+
+    table = tomllib.loads(accounts_file.read_text(encoding="utf-8")).get("sandbox", {})
+    return {
+        key: resolve_secret(str(ref), account="sandbox", key=key, base_dir=accounts_file.parent).get_secret_value()
+        for key, ref in table.items()
+    }

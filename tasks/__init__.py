@@ -1,0 +1,1 @@
+"""Thin Celery tasks: load state, call the core, record the outcome."""
