@@ -62,13 +62,17 @@ def resolve_secret(ref: str, *, account: str, key: str, base_dir: Path) -> Secre
     if kind == "env":
         value = os.environ.get(target)
         if value is None:
-            raise AccountConfigError(f"account {account!r}: secret {key!r}: environment variable {target} is not set")
+            raise AccountConfigError(
+                f"account {account!r}: secret {key!r}: environment variable {target} is not set"
+            )
     elif kind == "file":
         path = Path(target) if Path(target).is_absolute() else base_dir / target
         try:
             value = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise AccountConfigError(f"account {account!r}: secret {key!r}: cannot read {path}: {exc.strerror}") from None
+            raise AccountConfigError(
+                f"account {account!r}: secret {key!r}: cannot read {path}: {exc.strerror}"
+            ) from None
     else:
         raise AccountConfigError(
             f"account {account!r}: secret {key!r} must be 'env:NAME' or 'file:PATH' (secrets are never inline)"

@@ -26,13 +26,13 @@ def redact(text: str) -> str:
     return text
 
 
-def _scrub(value: Any) -> Any:
+def scrub(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items()}
+        return {k: scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_scrub(v) for v in value]
+        return [scrub(v) for v in value]
     if isinstance(value, bytes):
         return redact(value.decode("utf-8", "replace"))
     if isinstance(value, BaseException):
@@ -43,7 +43,7 @@ def _scrub(value: Any) -> Any:
 def redact_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if not _secrets:
         return event_dict
-    return {k: _scrub(v) for k, v in event_dict.items()}
+    return {k: scrub(v) for k, v in event_dict.items()}
 
 
 def _redact_rendered(_: Any, __: str, rendered: Any) -> Any:

@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     dispatch_interval: float = 1.0
     dispatch_batch: int = 500
     poll_batch: int = 50
-    lease_seconds: int = 60
+    # A claim holds a row this long; longer than task_time_limit so a live task is never taken over.
+    lease_seconds: int = 120
+    publish_grace: float = 30.0
     poll_initial: float = 2.0
     poll_max: float = 300.0
     retry_initial: float = 2.0

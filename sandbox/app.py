@@ -6,6 +6,7 @@ import json
 import time
 from dataclasses import fields
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -13,11 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from pathlib import Path
-
 from config.accounts import Accounts
-from sandbox.core import load_sandbox_secrets
-from sandbox.core import SandboxConfig, SandboxState
+from sandbox.core import SandboxConfig, SandboxState, load_sandbox_secrets
 
 PROVIDERS = ("cobo", "coincorner", "coinvoyage", "cryptomus")
 
@@ -68,7 +66,11 @@ def create_app(
     def _entry(request: Request) -> Any:
         provider, key = request.path_params["provider"], request.path_params["refund_key"]
         return next(
-            (e for e in state.ledger.values() if e.provider == provider and key in (e.refund_key, e.provider_refund_id)),
+            (
+                e
+                for e in state.ledger.values()
+                if e.provider == provider and key in (e.refund_key, e.provider_refund_id)
+            ),
             None,
         )
 

@@ -1,0 +1,109 @@
+"""The Celery app. Messages carry ids only (JSON); state lives in SQL, so results are ignored.
+
+The worker refuses to start when the settings break an invariant from CELERY-PITFALLS.md:
+a countdown or time limit at or above the visibility timeout means duplicate runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init
+from kombu import Queue
+
+from config.settings import Settings, get_settings
+
+QUEUES = ("refundq.submit", "refundq.poll", "refundq.intake")
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    vt = {"visibility_timeout": settings.visibility_timeout}
+    return {
+        "broker_url": settings.redis_url,
+        "broker_transport_options": vt,
+        "result_backend_transport_options": vt,
+        "visibility_timeout": settings.visibility_timeout,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_expires": 3600,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_timeout,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        "task_queues": [Queue(q) for q in QUEUES],
+        "task_default_queue": "refundq.submit",
+        "task_routes": {
+            "refundq.submit": {"queue": "refundq.submit"},
+            "refundq.poll": {"queue": "refundq.poll"},
+            "refundq.intake": {"queue": "refundq.intake"},
+        },
+        "refundq_max_countdown": settings.max_countdown,
+        "refundq_http_budget": settings.http_connect_timeout + settings.http_read_timeout,
+        "refundq_lease_seconds": settings.lease_seconds,
+    }
+
+
+def check_invariants(conf: Any) -> list[str]:
+    """Every broken invariant, in words an operator can act on. Empty when all hold."""
+    problems = []
+    vt = (conf.broker_transport_options or {}).get("visibility_timeout")
+    if not vt:
+        problems.append("broker_transport_options.visibility_timeout is not set")
+        vt = 3600
+    if (conf.result_backend_transport_options or {}).get("visibility_timeout") != vt:
+        problems.append("result_backend_transport_options.visibility_timeout differs from the broker's")
+    if not conf.task_acks_late:
+        problems.append("task_acks_late must be True (a crash would lose the task)")
+    if not conf.task_reject_on_worker_lost:
+        problems.append("task_reject_on_worker_lost must be True (a killed child would ack its task)")
+    if conf.worker_prefetch_multiplier != 1:
+        problems.append(f"worker_prefetch_multiplier must be 1, is {conf.worker_prefetch_multiplier}")
+    if not conf.task_ignore_result:
+        problems.append("task_ignore_result must be True (state lives in SQL; results would fill Redis)")
+    if conf.accept_content != ["json"] or conf.task_serializer != "json":
+        problems.append("only JSON may be accepted and sent (no pickle)")
+    soft, hard = conf.task_soft_time_limit, conf.task_time_limit
+    if not soft or not hard or not soft < hard:
+        problems.append(f"task_soft_time_limit ({soft}) must be set and below task_time_limit ({hard})")
+    if hard and hard >= vt:
+        problems.append(f"task_time_limit ({hard}s) must be below the visibility timeout ({vt}s)")
+    countdown = conf.get("refundq_max_countdown", 0)
+    if countdown >= vt:
+        problems.append(f"the longest countdown ({countdown}s) must be below the visibility timeout ({vt}s)")
+    budget = conf.get("refundq_http_budget", 0)
+    if soft and budget >= soft:
+        problems.append(
+            f"HTTP connect+read timeouts ({budget}s) must be below task_soft_time_limit ({soft}s)"
+        )
+    lease = conf.get("refundq_lease_seconds", 0)
+    if hard and lease <= hard:
+        problems.append(f"lease_seconds ({lease}s) must exceed task_time_limit ({hard}s)")
+    return problems
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("refundq", include=["tasks.refunds"])
+    app.conf.update(celery_config(settings))
+    return app
+
+
+celery_app = make_celery(get_settings())
+
+
+@worker_init.connect
+def _refuse_broken_config(sender: Any = None, **_: Any) -> None:
+    problems = check_invariants(celery_app.conf)
+    if problems:
+        # SystemExit passes through Celery's signal dispatch (it only catches Exception).
+        raise SystemExit("refundq worker refuses to start:\n  - " + "\n  - ".join(problems))

@@ -1,0 +1,135 @@
+"""SQLModel tables. The database is the source of truth; Redis only carries work."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Numeric,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Money(TypeDecorator[Decimal]):
+    """NUMERIC on PostgreSQL; exact decimal text on SQLite, whose NUMERIC would round through float."""
+
+    impl = Numeric(38, 18)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(64))
+        return dialect.type_descriptor(Numeric(38, 18, asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, Decimal):
+            raise TypeError(f"money must be Decimal, got {type(value).__name__}")
+        return format(value, "f") if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        return None if value is None else strip_zeros(Decimal(str(value)))
+
+
+def strip_zeros(amount: Decimal) -> Decimal:
+    """12.5000 -> 12.5 and 10.00 -> 10, exactly (normalize() would round to 28 digits)."""
+    text = format(amount, "f")
+    return Decimal(text.rstrip("0").rstrip(".") if "." in text else text)
+
+
+class TZDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on both databases (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: refundq stores UTC only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Refund(SQLModel, table=True):
+    __tablename__ = "refund"
+    __table_args__ = (
+        UniqueConstraint("account", "exclusive_key", name="uq_refund_account_exclusive_key"),
+        Index("ix_refund_due", "status", "next_action_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    idempotency_key: str = Field(max_length=200, unique=True)
+    provider: str = Field(max_length=32)
+    account: str = Field(max_length=100, index=True)
+    amount: Decimal = Field(sa_column=Column(Money(), nullable=False))
+    currency: str = Field(max_length=32)
+    destination: str = Field(max_length=200)
+    fields: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # At most one live refund per account and key (one refund per invoice); NULL for most.
+    exclusive_key: str | None = Field(default=None, max_length=200)
+    batch_id: str | None = Field(default=None, max_length=40, index=True)
+    status: str = Field(max_length=24)
+    provider_status: str | None = Field(default=None, max_length=64)
+    provider_refund_id: str | None = Field(default=None, max_length=200)
+    attempts: int = 0  # sends (a lookup-then-resend counts; a nonce re-sign does not)
+    polls: int = 0  # polls since the last status change (drives the backoff)
+    next_action_at: datetime | None = Field(default=None, sa_column=Column(TZDateTime(), nullable=True))
+    deadline: datetime = Field(sa_column=Column(TZDateTime(), nullable=False))
+    last_error: str | None = Field(default=None, max_length=2000)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(TZDateTime(), nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(TZDateTime(), nullable=False))
+
+
+class RefundEvent(SQLModel, table=True):
+    """Append-only: one row per status change and per notable fact (drift, lookup result)."""
+
+    __tablename__ = "refund_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    refund_id: str = Field(foreign_key="refund.id", index=True, max_length=40)
+    from_status: str | None = Field(default=None, max_length=24)
+    to_status: str = Field(max_length=24)
+    reason: str | None = Field(default=None, max_length=2000)
+    provider_status: str | None = Field(default=None, max_length=64)
+    response: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(TZDateTime(), nullable=False))
+
+
+class RejectedIntake(SQLModel, table=True):
+    """An intake message that failed validation: kept, never dropped silently."""
+
+    __tablename__ = "rejected_intake"
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str | None = Field(default=None, max_length=200, index=True)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(TZDateTime(), nullable=False))
+
+
+refund_table = Refund.__table__  # type: ignore[attr-defined]
+event_table = RefundEvent.__table__  # type: ignore[attr-defined]
+rejected_intake_table = RejectedIntake.__table__  # type: ignore[attr-defined]

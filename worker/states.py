@@ -1,0 +1,42 @@
+"""The refund lifecycle: which status may follow which. Pure; the store enforces it."""
+
+from __future__ import annotations
+
+from providers.base import RefundStatus as S
+
+# Statuses a provider can report once it has the refund.
+PROVIDER_REPORTED = frozenset(
+    {S.PENDING, S.PROCESSING, S.ACTION_REQUIRED, S.PARTIALLY_COMPLETED, S.COMPLETED, S.FAILED}
+)
+TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.REJECTED, S.NEEDS_ATTENTION, S.CANCELLED})
+# Statuses the dispatcher polls at the provider.
+POLLED = frozenset({S.PENDING, S.PROCESSING, S.ACTION_REQUIRED, S.PARTIALLY_COMPLETED})
+
+_OPEN_AT_PROVIDER = PROVIDER_REPORTED | {S.NEEDS_ATTENTION}
+
+EDGES: dict[S, frozenset[S]] = {
+    S.QUEUED: frozenset({S.SUBMITTING, S.CANCELLED, S.NEEDS_ATTENTION, S.REJECTED}),
+    # After a send: accepted (any provider status), refused, failed before send (back to
+    # queued), or ambiguous (unknown).
+    S.SUBMITTING: _OPEN_AT_PROVIDER | {S.QUEUED, S.UNKNOWN, S.REJECTED},
+    # A lookup adopts what the provider has, or finds nothing and re-sends (submitting).
+    S.UNKNOWN: _OPEN_AT_PROVIDER | {S.SUBMITTING, S.REJECTED},
+    S.PENDING: _OPEN_AT_PROVIDER - {S.PENDING},
+    S.PROCESSING: _OPEN_AT_PROVIDER - {S.PROCESSING},
+    S.ACTION_REQUIRED: _OPEN_AT_PROVIDER - {S.ACTION_REQUIRED},
+    S.PARTIALLY_COMPLETED: frozenset({S.PROCESSING, S.COMPLETED, S.FAILED, S.NEEDS_ATTENTION}),
+    # Terminal for automation; reconciliation may still flag drift on a finished refund.
+    S.COMPLETED: frozenset({S.NEEDS_ATTENTION}),
+    S.FAILED: frozenset({S.NEEDS_ATTENTION}),
+    S.REJECTED: frozenset(),
+    S.NEEDS_ATTENTION: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+
+def allowed(frm: S, to: S) -> bool:
+    return to in EDGES[frm]
+
+
+def is_terminal(status: S) -> bool:
+    return status in TERMINAL

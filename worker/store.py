@@ -1,0 +1,218 @@
+"""All SQL. Status changes are one guarded UPDATE (`WHERE id=? AND status=?`) plus one event
+row, in the caller's transaction; Core statements, not the ORM, on every hot path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
+
+from config.logging import scrub
+from providers.base import RefundStatus
+from worker.models import Refund, event_table, refund_table, rejected_intake_table, utcnow
+from worker.states import POLLED, allowed
+
+R = refund_table.c
+
+
+class TransitionError(Exception):
+    """Base for refused status changes. Nothing was written."""
+
+
+class IllegalTransition(TransitionError):
+    def __init__(self, refund_id: str, frm: RefundStatus, to: RefundStatus) -> None:
+        super().__init__(f"refund {refund_id}: {frm} -> {to} is not an allowed transition")
+        self.refund_id, self.frm, self.to = refund_id, frm, to
+
+
+class LostRace(TransitionError):
+    def __init__(self, refund_id: str, frm: RefundStatus, to: RefundStatus) -> None:
+        super().__init__(f"refund {refund_id}: expected status {frm} for -> {to}, but it changed meanwhile")
+        self.refund_id, self.frm, self.to = refund_id, frm, to
+
+
+def _refund(row: Row[Any] | None) -> Refund | None:
+    return None if row is None else Refund.model_validate(dict(row._mapping))
+
+
+def get_refund(conn: Connection, refund_id: str) -> Refund | None:
+    return _refund(conn.execute(select(refund_table).where(R.id == refund_id)).first())
+
+
+def get_by_key(conn: Connection, idempotency_key: str) -> Refund | None:
+    return _refund(conn.execute(select(refund_table).where(R.idempotency_key == idempotency_key)).first())
+
+
+def get_by_exclusive_key(conn: Connection, account: str, exclusive_key: str) -> Refund | None:
+    query = select(refund_table).where(R.account == account, R.exclusive_key == exclusive_key)
+    return _refund(conn.execute(query).first())
+
+
+def insert_refund(conn: Connection, values: Mapping[str, Any], *, reason: str = "accepted") -> None:
+    conn.execute(insert(refund_table).values(**values))
+    conn.execute(
+        insert(event_table).values(
+            refund_id=values["id"],
+            from_status=None,
+            to_status=values["status"],
+            reason=reason,
+            created_at=utcnow(),
+        )
+    )
+
+
+def insert_refunds(conn: Connection, rows: Sequence[Mapping[str, Any]], *, reason: str = "accepted") -> None:
+    """Bulk insert (executemany) of refunds and their first events."""
+    if not rows:
+        return
+    now = utcnow()
+    conn.execute(insert(refund_table), list(rows))
+    conn.execute(
+        insert(event_table),
+        [
+            {
+                "refund_id": r["id"],
+                "from_status": None,
+                "to_status": r["status"],
+                "reason": reason,
+                "created_at": now,
+            }
+            for r in rows
+        ],
+    )
+
+
+def transition(
+    conn: Connection,
+    refund_id: str,
+    frm: RefundStatus,
+    to: RefundStatus,
+    *,
+    reason: str | None = None,
+    provider_status: str | None = None,
+    response: Any = None,
+    values: Mapping[str, Any] | None = None,
+) -> None:
+    """Move one refund frm -> to, or raise and change nothing."""
+    if not allowed(frm, to):
+        raise IllegalTransition(refund_id, frm, to)
+    now = utcnow()
+    changes: dict[str, Any] = {"status": to.value, "updated_at": now, **(values or {})}
+    if provider_status is not None:
+        changes["provider_status"] = provider_status
+    result = conn.execute(
+        update(refund_table).where(R.id == refund_id, R.status == frm.value).values(**changes)
+    )
+    if result.rowcount != 1:
+        raise LostRace(refund_id, frm, to)
+    conn.execute(
+        insert(event_table).values(
+            refund_id=refund_id,
+            from_status=frm.value,
+            to_status=to.value,
+            reason=None if reason is None else reason[:2000],
+            provider_status=provider_status,
+            response=None if response is None else scrub(response),
+            created_at=now,
+        )
+    )
+
+
+def touch(conn: Connection, refund_id: str, status: RefundStatus, values: Mapping[str, Any]) -> bool:
+    """Update non-status columns, guarded by the status we believe it has. False if it moved."""
+    result = conn.execute(
+        update(refund_table)
+        .where(R.id == refund_id, R.status == status.value)
+        .values(updated_at=utcnow(), **values)
+    )
+    return result.rowcount == 1
+
+
+def add_event(
+    conn: Connection, refund_id: str, status: RefundStatus, reason: str, response: Any = None
+) -> None:
+    """A fact that is not a status change (drift found, lookup outcome): from == to."""
+    conn.execute(
+        insert(event_table).values(
+            refund_id=refund_id,
+            from_status=status.value,
+            to_status=status.value,
+            reason=reason[:2000],
+            response=None if response is None else scrub(response),
+            created_at=utcnow(),
+        )
+    )
+
+
+DUE_STATUSES = (RefundStatus.QUEUED, RefundStatus.SUBMITTING, RefundStatus.UNKNOWN, *POLLED)
+
+
+def claim_due(conn: Connection, now: datetime, lease_until: datetime, limit: int) -> list[Row[Any]]:
+    """Claim due rows by pushing next_action_at forward (the lease). On PostgreSQL the inner
+    SELECT skips rows another dispatcher holds; on SQLite writers are serialized anyway."""
+    due = (
+        select(R.id)
+        .where(R.status.in_([s.value for s in DUE_STATUSES]), R.next_action_at <= now)
+        .order_by(R.next_action_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    ids = [r.id for r in conn.execute(due)]
+    if not ids:
+        return []
+    result = conn.execute(
+        update(refund_table)
+        .where(R.id.in_(ids), R.next_action_at <= now)
+        .values(next_action_at=lease_until)
+        .returning(R.id, R.status, R.provider, R.account)
+    )
+    return list(result)
+
+
+def list_refunds(
+    conn: Connection, *, status: str | None = None, batch_id: str | None = None, limit: int = 100
+) -> list[Refund]:
+    query = select(refund_table).order_by(R.created_at.desc()).limit(limit)
+    if status:
+        query = query.where(R.status == status)
+    if batch_id:
+        query = query.where(R.batch_id == batch_id)
+    return [r for r in (_refund(row) for row in conn.execute(query)) if r is not None]
+
+
+def count_by_status(conn: Connection, ids: Iterable[str] | None = None) -> dict[str, int]:
+    query = select(R.status, func.count()).group_by(R.status)
+    if ids is not None:
+        query = query.where(R.id.in_(list(ids)))
+    return {status: n for status, n in conn.execute(query)}
+
+
+def events(conn: Connection, refund_id: str) -> list[dict[str, Any]]:
+    query = select(event_table).where(event_table.c.refund_id == refund_id).order_by(event_table.c.id)
+    return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def record_rejected_intake(
+    conn: Connection, key: str | None, payload: Mapping[str, Any], reasons: list[str]
+) -> None:
+    conn.execute(
+        insert(rejected_intake_table).values(
+            idempotency_key=key, payload=scrub(dict(payload)), reasons=reasons, created_at=utcnow()
+        )
+    )
+
+
+def rejected_intakes(conn: Connection, key: str) -> list[dict[str, Any]]:
+    query = select(rejected_intake_table).where(rejected_intake_table.c.idempotency_key == key)
+    return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def stale(conn: Connection, statuses: Iterable[RefundStatus], before: datetime) -> list[str]:
+    query = select(R.id).where(
+        R.status.in_([s.value for s in statuses]),
+        or_(R.next_action_at.is_(None), and_(R.next_action_at <= before)),
+    )
+    return [r.id for r in conn.execute(query)]
