@@ -170,8 +170,9 @@ class SandboxState:
             return None
         now = time.monotonic()
         with self._lock:
-            tokens, updated = self._buckets.get(key_id, (rate, now))
-            tokens = min(rate, tokens + (now - updated) * rate)
+            burst = max(rate, 1.0)  # a rate below 1/s must still let one call through
+            tokens, updated = self._buckets.get(key_id, (burst, now))
+            tokens = min(burst, tokens + (now - updated) * rate)
             if tokens >= 1:
                 self._buckets[key_id] = (tokens - 1, now)
                 return None

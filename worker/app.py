@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from config.settings import Settings, get_settings
 
@@ -41,7 +41,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "task_send_sent_event": False,
-        "task_queues": [Queue(q) for q in QUEUES],
+        # One direct exchange per queue, named like it: what any Celery client creates for `queue=NAME`.
+        "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
         "task_default_queue": "refundq.submit",
         "task_routes": {
             "refundq.submit": {"queue": "refundq.submit"},

@@ -42,8 +42,8 @@ def worker(
     concurrency: Annotated[int, typer.Option("-c", "--concurrency")] = 16,
     queues: Annotated[str, typer.Option("-Q", "--queues")] = "refundq.submit,refundq.poll,refundq.intake",
     pool: str = "threads",
-    name: str = "refundq@%h",
-    loglevel: str = "INFO",
+    name: Annotated[str, typer.Option("-n", "--name")] = "refundq@%h",
+    loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "INFO",
 ) -> None:
     """Run a Celery worker (threads pool: provider calls are I/O-bound)."""
     from worker.app import celery_app, check_invariants

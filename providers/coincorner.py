@@ -1,0 +1,479 @@
+"""CoinCorner Checkout API adapter (spec: shared/providers/coincorner.md). Pure: no I/O.
+
+Wire format: every call is a `POST <base_url>/<Endpoint>` (base_url ends in `/api`) whose body carries the
+three auth fields `APIKey` (the lower-cased key), `Signature`, `Nonce` followed by the endpoint's own fields.
+We send it form-urlencoded, as the official plugins do; `json_body()` gives the equivalent JSON object.
+
+Signature (spec §2, vectors README §4): `message = str(nonce) + lower(user_id) + lower(api_key)`,
+`signature = hex(HMAC-SHA256(lower(api_secret), message))`. Only the nonce protects against replay; the
+endpoint fields are not signed. The nonce is given to us by the worker (strictly increasing per API key,
+in ms); we sign exactly the nonce we send.
+
+Refunds: `RefundOrder` has no refund id and no documented answer body, so the refund is known by the
+merchant's `OrderId` (provider_refund_id = OrderId) and its status is read with `CheckOrder`. One refund per
+OrderId.
+
+Assumptions taken from the spec's "Unknown / assumptions" section (§9), as recommended there:
+- no failure status is documented: a refund that stays `-4` or shows `2` past the worker's deadline becomes
+  needs_attention (that is the worker's job; we map `2` to PENDING);
+- `RefundType` defaults to "1" (the official C# refund sample), overridable per account or per refund;
+- error codes, nonce and rate-limit answers are undocumented: we classify by HTTP status and message text
+  (see `classify_error`);
+- nonce in milliseconds, strictly increasing per API key (NoncePolicy.INCREASING, NonceUnit.MS);
+- one refund per OrderId (`exclusive_key`);
+- the RefundOrder answer body is never required: any 2xx means "accepted" (PENDING), the body is kept raw;
+- webhooks are unsigned (spec §5): `verify_webhook` only checks the posted `APIKey` and returns a hint; the
+  authoritative state always comes from a signed CheckOrder poll.
+
+CheckOrder reports the ORDER status, never the refunded amount or address, so StatusResult.detail carries no
+"amount"/"destination"/"currency" for CoinCorner: integrity checks on those cannot be done from the provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypedDict
+from urllib.parse import parse_qsl, quote_plus
+
+from config.accounts import Account
+from providers.addresses import check_address
+from providers.base import (
+    ErrorKind,
+    FieldError,
+    NoncePolicy,
+    NonceUnit,
+    ProviderError,
+    RefundSpec,
+    RefundStatus,
+    Request,
+    Response,
+    StatusResult,
+    UnmappedStatusError,
+    check_amount,
+    json_or_none,
+    plain_decimal,
+)
+
+NAME: Final = "coincorner"
+FORM_CONTENT_TYPE: Final = "application/x-www-form-urlencoded"
+
+# Endpoint names (last URL segment), also the vector kinds they belong to.
+REFUND_ORDER: Final = "RefundOrder"
+CHECK_ORDER: Final = "CheckOrder"
+GET_ORDER: Final = "GetOrder"
+
+DEFAULT_REFUND_TYPE: Final = "1"  # spec §9: the official C# refund sample posts "1"
+
+
+# --- typed wire structs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RefundOrderParams:
+    """RefundOrder's own fields (spec §1), in body order."""
+
+    OrderId: str
+    Amount: str  # plain decimal in the order's invoice currency
+    Address: str  # BTC address
+    RefundType: str
+
+    def as_params(self) -> dict[str, str]:
+        return {
+            "OrderId": self.OrderId,
+            "Amount": self.Amount,
+            "Address": self.Address,
+            "RefundType": self.RefundType,
+        }
+
+
+@dataclass(frozen=True)
+class OrderParams:
+    """CheckOrder / GetOrder fields."""
+
+    OrderId: str
+
+    def as_params(self) -> dict[str, str]:
+        return {"OrderId": self.OrderId}
+
+
+class CheckOrderAnswer(TypedDict, total=False):
+    OrderId: str
+    OrderStatus: int | str
+    OrderStatusText: str
+    Error: str  # with OrderStatusText "N/A": unknown / invalid order (OpenCart plugin)
+
+
+class ErrorAnswer(TypedDict, total=False):
+    Message: str  # ASP.NET Web API error shape
+    MessageDetail: str
+
+
+# --- signing (public: the sandbox verifies with these, the vector checks call them) ---------------
+
+
+def signing_message(nonce: int, user_id: str, api_key: str) -> str:
+    """The signed text: nonce, account id and key concatenated without separators."""
+    return f"{int(nonce)}{user_id.lower()}{api_key.lower()}"
+
+
+def sign(nonce: int, user_id: str, api_key: str, api_secret: str) -> str:
+    """Lowercase hex HMAC-SHA256 keyed with the lower-cased secret."""
+    message = signing_message(nonce, user_id, api_key).encode("utf-8")
+    return hmac.new(api_secret.lower().encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def signature_matches(given: str, nonce: int, user_id: str, api_key: str, api_secret: str) -> bool:
+    """Constant-time check; case-insensitive because CoinCorner evidently accepts upper-case hex (spec §2)."""
+    expected = sign(nonce, user_id, api_key, api_secret)
+    return hmac.compare_digest(given.lower().encode("utf-8"), expected.encode("utf-8"))
+
+
+def json_body(
+    api_key: str, api_secret: str, user_id: str, nonce: int, params: Mapping[str, str]
+) -> dict[str, str]:
+    """The body as an object in wire order: APIKey, Signature, Nonce, then `params` (strings, unchanged)."""
+    auth = {
+        "APIKey": api_key.lower(),
+        "Signature": sign(nonce, user_id, api_key, api_secret),
+        "Nonce": str(int(nonce)),
+    }
+    clash = set(auth) & set(params)
+    if clash:
+        raise ValueError(f"params must not contain auth fields {sorted(clash)}")
+    return {**auth, **params}
+
+
+def form_encode(fields: Mapping[str, str]) -> str:
+    """PHP http_build_query: UTF-8; `A-Za-z0-9-_.` kept, space -> '+', every other byte -> %XX (upper-case).
+    Python's quote_plus also keeps `~`; PHP does not, so it is encoded too (vectors README §3)."""
+    return "&".join(f"{_form_quote(name)}={_form_quote(value)}" for name, value in fields.items())
+
+
+def _form_quote(text: str) -> str:
+    return quote_plus(text, safe="", encoding="utf-8").replace("~", "%7E")
+
+
+def form_body(api_key: str, api_secret: str, user_id: str, nonce: int, params: Mapping[str, str]) -> str:
+    return form_encode(json_body(api_key, api_secret, user_id, nonce, params))
+
+
+def build_call(account: Account, endpoint: str, params: Mapping[str, str], nonce: int) -> Request:
+    """A signed form POST to `<base_url>/<endpoint>`."""
+    if nonce < 0:
+        raise ValueError("nonce must not be negative")
+    body = form_body(
+        account.secret("api_key"),
+        account.secret("api_secret"),
+        str(account.require("user_id")),
+        nonce,
+        params,
+    )
+    return Request(
+        method="POST",
+        url=f"{account.base_url}/{endpoint}",
+        headers={"Content-Type": FORM_CONTENT_TYPE, "Accept": "application/json"},
+        body=body.encode("ascii"),  # form encoding leaves only ASCII
+    )
+
+
+# --- statuses -------------------------------------------------------------------------------------
+
+#: Every documented CheckOrder OrderStatus (spec §1), as seen while polling a refund we sent.
+#: 0/1/-1/-2/-99 say the order is unpaid, cancelled, expired or an open invoice: CoinCorner cannot have
+#: accepted a refund on such an order, and an accepted refund cannot go back there. We do not know what
+#: happened to the money, so they are NOT mapped to REJECTED (which would claim nothing was paid) but to
+#: NEEDS_ATTENTION: a person reconciles (wrong OrderId, drift, manual change at CoinCorner).
+STATUS_MAP: Final[dict[str, RefundStatus]] = {
+    "-5": RefundStatus.COMPLETED,  # Refunded
+    "-4": RefundStatus.PROCESSING,  # Pending Refund
+    "2": RefundStatus.PENDING,  # Complete: refund accepted but not visible yet; the worker's deadline applies
+    "0": RefundStatus.NEEDS_ATTENTION,  # Awaiting Payment
+    "1": RefundStatus.NEEDS_ATTENTION,  # Pending Confirmation
+    "-1": RefundStatus.NEEDS_ATTENTION,  # Cancelled
+    "-2": RefundStatus.NEEDS_ATTENTION,  # Expired
+    "-99": RefundStatus.NEEDS_ATTENTION,  # Pending (Invoice Order)
+}
+STATUS_TEXT: Final[dict[str, str]] = {
+    "0": "Awaiting Payment",
+    "1": "Pending Confirmation",
+    "2": "Complete",
+    "-1": "Cancelled",
+    "-2": "Expired",
+    "-4": "Pending Refund",
+    "-5": "Refunded",
+    "-99": "Pending (Invoice Order)",
+}
+REFUND_EXISTS: Final = frozenset({"-4", "-5"})  # a refund was created on the order
+NO_REFUND: Final = frozenset({"2"})  # paid order without a (visible) refund: a send is safe
+NOT_REFUNDABLE: Final = frozenset({"0", "1", "-1", "-2", "-99"})
+
+
+def map_status(raw: str) -> RefundStatus:
+    try:
+        return STATUS_MAP[raw]
+    except KeyError:
+        raise UnmappedStatusError(NAME, raw) from None
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+_MAX_MESSAGE = 200
+
+
+def error_message(body: bytes) -> str:
+    """The provider's `Message` (ASP.NET shape) or `Error`, else a short raw excerpt."""
+    data = json_or_none(body)
+    if isinstance(data, dict):
+        for key in ("Message", "Error", "MessageDetail"):
+            value = data.get(key)
+            if isinstance(value, str) and value:
+                return value[:_MAX_MESSAGE]
+    return body[:_MAX_MESSAGE].decode("utf-8", "replace").strip()
+
+
+def retry_after(resp: Response) -> float | None:
+    value = resp.header("Retry-After")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP-date: let the worker's back-off decide
+
+
+def classify_error(resp: Response, *, submit: bool) -> ProviderError:
+    """Map a non-2xx answer onto an ErrorKind (no error catalogue is published: spec §4, §9).
+
+    Order matters: the gateway 503 and 429 first; a message naming the nonce beats the status code (the cure
+    is a fresh nonce, not new credentials); then 401/403 or a signature message -> AUTH; "already refunded"
+    means a refund exists on our OrderId - one refund per OrderId makes it almost surely ours (a resend after
+    a lost answer), so it is AMBIGUOUS (look it up) rather than REJECTED, that could hide a payout.
+    """
+    status = resp.status_code
+    message = error_message(resp.body)
+    text = message.lower()
+
+    def err(kind: ErrorKind, why: str, after: float | None = None) -> ProviderError:
+        detail = f"{why}: {message}" if message else why
+        return ProviderError(kind, f"{NAME}: {detail}", retry_after=after, http_status=status)
+
+    if status == 503 and not resp.body.strip():
+        return err(ErrorKind.RETRYABLE, "service unavailable")
+    if status == 429:
+        return err(ErrorKind.RATE_LIMITED, "rate limited", retry_after(resp))
+    if "nonce" in text and "signature" not in text:
+        return err(ErrorKind.NONCE, "nonce refused")
+    if status in (401, 403) or "signature" in text:
+        return err(ErrorKind.AUTH, "credentials refused")
+    if 400 <= status < 500:
+        if submit and "already refunded" in text:
+            return err(ErrorKind.AMBIGUOUS, "a refund already exists on this order")
+        return err(ErrorKind.REJECTED, "refused")
+    # 5xx (and anything odd): a create may have run; a read is simply retried later.
+    return err(ErrorKind.AMBIGUOUS if submit else ErrorKind.RETRYABLE, "server error")
+
+
+# --- the adapter ----------------------------------------------------------------------------------
+
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_REFUND_TYPE = re.compile(r"^(?:[0-9]{1,3}|[A-Za-z]{1,32})$")  # enum value ("1") or member name ("BuyNew")
+_ORDER_ID = re.compile(r"^\S(?:.{0,98}\S)?$")
+_KNOWN_FIELDS: Final = frozenset({"order_id", "refund_type"})
+
+
+def _refund_type(spec: RefundSpec, account: Account) -> str:
+    value = spec.fields.get("refund_type", account.option("refund_type", DEFAULT_REFUND_TYPE))
+    return str(value)
+
+
+def _order_answer(resp: Response, spec: RefundSpec) -> tuple[str, CheckOrderAnswer]:
+    """The raw OrderStatus of a 200 CheckOrder answer, or ProviderError."""
+    data = json_or_none(resp.body)
+    if not isinstance(data, dict):
+        raise ProviderError(
+            ErrorKind.RETRYABLE, f"{NAME}: CheckOrder answer is not a JSON object", http_status=200
+        )
+    answer: CheckOrderAnswer = data  # type: ignore[assignment]
+    if data.get("OrderStatusText") == "N/A" or ("Error" in data and "OrderStatus" not in data):
+        raise ProviderError(
+            ErrorKind.REJECTED, f"{NAME}: unknown order: {error_message(resp.body)}", http_status=200
+        )
+    order_id = data.get("OrderId")
+    if order_id is not None and str(order_id) != _order_id(spec):
+        raise ProviderError(
+            ErrorKind.RETRYABLE, f"{NAME}: CheckOrder answered for another order", http_status=200
+        )
+    raw = data.get("OrderStatus")
+    if isinstance(raw, bool) or not isinstance(raw, int | str) or str(raw).strip() == "":
+        raise ProviderError(
+            ErrorKind.RETRYABLE, f"{NAME}: CheckOrder answer has no OrderStatus", http_status=200
+        )
+    return str(raw).strip(), answer
+
+
+def _order_id(spec: RefundSpec) -> str:
+    return str(spec.fields.get("order_id", spec.provider_refund_id or ""))
+
+
+def _result(raw: str, answer: Mapping[str, Any], order_id: str) -> StatusResult:
+    status = map_status(raw)
+    text = str(answer.get("OrderStatusText") or STATUS_TEXT.get(raw, ""))
+    reason = None
+    if status is RefundStatus.NEEDS_ATTENTION:
+        reason = f"order status {raw} ({text}) contradicts an accepted refund"
+    return StatusResult(
+        status=status,
+        raw_status=raw,
+        provider_refund_id=order_id,
+        reason=reason,
+        detail={"order_status_text": text} if text else {},
+    )
+
+
+class CoinCornerAdapter:
+    name = NAME
+    nonce_policy = NoncePolicy.INCREASING
+    nonce_unit = NonceUnit.MS
+    required_fields: tuple[str, ...] = ("order_id",)
+
+    def validate(self, spec: RefundSpec, account: Account) -> list[FieldError]:
+        errors: list[FieldError] = []
+        for unknown in sorted(set(spec.fields) - _KNOWN_FIELDS):
+            errors.append(
+                FieldError(f"fields.{unknown}", "unknown field for coincorner (known: order_id, refund_type)")
+            )
+        order_id = spec.fields.get("order_id")
+        if order_id is None or order_id == "":
+            errors.append(FieldError("fields.order_id", "is required (the CoinCorner OrderId to refund)"))
+        elif not isinstance(order_id, str) or not _ORDER_ID.match(order_id):
+            errors.append(
+                FieldError("fields.order_id", "must be a string of 1 to 100 characters, no outer spaces")
+            )
+        if not _CURRENCY.match(spec.currency):
+            errors.append(
+                FieldError("currency", "must be a 3-letter upper-case currency code (e.g. GBP, EUR, BTC)")
+            )
+        else:
+            places = 8 if spec.currency == "BTC" else 2
+            errors += check_amount(spec.amount, max_places=places)
+        problem = check_address(spec.destination, "bitcoin")
+        if problem:
+            errors.append(FieldError("destination", problem))
+        refund_type = spec.fields.get("refund_type", account.option("refund_type", DEFAULT_REFUND_TYPE))
+        if isinstance(refund_type, bool) or not _REFUND_TYPE.match(str(refund_type)):
+            errors.append(FieldError("fields.refund_type", "must be an enum value like 1 or a member name"))
+        user_id = account.option("user_id")
+        if not isinstance(user_id, str | int) or isinstance(user_id, bool) or str(user_id) == "":
+            errors.append(
+                FieldError("account.user_id", "the account option user_id (CoinCorner UserId) is required")
+            )
+        return errors
+
+    def exclusive_key(self, spec: RefundSpec) -> str | None:
+        return f"order:{_order_id(spec)}"  # one refund per OrderId (spec §9)
+
+    def refund_params(self, spec: RefundSpec, account: Account) -> RefundOrderParams:
+        return RefundOrderParams(
+            OrderId=_order_id(spec),
+            Amount=plain_decimal(spec.amount),
+            Address=spec.destination,
+            RefundType=_refund_type(spec, account),
+        )
+
+    def build_submit(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
+        params = self.refund_params(spec, account)
+        return build_call(account, REFUND_ORDER, params.as_params(), nonce)
+
+    def parse_submit(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult:
+        if not 200 <= resp.status_code < 300:
+            raise classify_error(resp, submit=True)
+        # No documented answer body: keep an excerpt for the log, require nothing from it.
+        raw_body = resp.body[:500].decode("utf-8", "replace")
+        return StatusResult(
+            status=RefundStatus.PENDING,
+            raw_status="accepted",
+            provider_refund_id=_order_id(spec),
+            detail={"raw_body": raw_body} if raw_body else {},
+        )
+
+    def build_status(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
+        return build_call(account, CHECK_ORDER, OrderParams(_order_id(spec)).as_params(), nonce)
+
+    def parse_status(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult:
+        if resp.status_code != 200:
+            raise classify_error(resp, submit=False)
+        raw, answer = _order_answer(resp, spec)
+        return _result(raw, answer, _order_id(spec))
+
+    def build_lookup(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
+        return self.build_status(spec, account, nonce)  # the refund is known only by its OrderId
+
+    def parse_lookup(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult | None:
+        if resp.status_code != 200:
+            raise classify_error(resp, submit=False)
+        raw, answer = _order_answer(resp, spec)
+        if raw in REFUND_EXISTS:
+            return _result(raw, answer, _order_id(spec))
+        if raw in NO_REFUND:
+            return None
+        if raw in NOT_REFUNDABLE:
+            text = answer.get("OrderStatusText") or STATUS_TEXT[raw]
+            raise ProviderError(
+                ErrorKind.REJECTED, f"{NAME}: order not refundable: status {raw} ({text})", raw_status=raw
+            )
+        raise UnmappedStatusError(NAME, raw)
+
+    def build_get_order(self, order_id: str, account: Account, nonce: int) -> Request:
+        """Order details (invoice/settle amounts); not needed by the worker, kept for operators."""
+        return build_call(account, GET_ORDER, OrderParams(order_id).as_params(), nonce)
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, account: Account) -> StatusResult:
+        """Callbacks are unsigned (spec §5). Like the official plugins we only check that the posted
+        `APIKey` equals our lower-cased key, and the result is a hint: the worker must poll CheckOrder for the
+        truth (a callback only triggers a poll)."""
+        fields = _webhook_fields(headers, body)
+        posted = fields.get("APIKey")
+        expected = account.secret("api_key").lower()
+        if not isinstance(posted, str) or not hmac.compare_digest(
+            posted.encode("utf-8"), expected.encode("utf-8")
+        ):
+            raise ProviderError(ErrorKind.AUTH, f"{NAME}: callback APIKey does not match the account")
+        order_id = fields.get("OrderId")
+        order = str(order_id) if order_id is not None else None
+        raw = fields.get("OrderStatus")
+        if raw is None or isinstance(raw, bool) or str(raw).strip() == "":
+            return StatusResult(status=RefundStatus.PENDING, raw_status="callback", provider_refund_id=order)
+        return _result(str(raw).strip(), fields, order or "")
+
+
+def _webhook_fields(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """CoinCorner posts JSON (spec §5); accept a form body too, as ASP.NET clients may."""
+    data = json_or_none(body)
+    if isinstance(data, dict):
+        return data
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    if data is None and (FORM_CONTENT_TYPE in content_type.lower() or b"=" in body):
+        try:
+            return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+        except UnicodeDecodeError:
+            return {}
+    return {}
+
+
+ADAPTER: Final = CoinCornerAdapter()
+
+__all__ = [
+    "ADAPTER",
+    "STATUS_MAP",
+    "CoinCornerAdapter",
+    "build_call",
+    "classify_error",
+    "form_body",
+    "form_encode",
+    "json_body",
+    "sign",
+    "signature_matches",
+    "signing_message",
+]

@@ -1,0 +1,535 @@
+"""CoinVoyage adapter: a refund is a REFUND PayOrder created with `POST /pay-orders/{id}/refund`.
+
+Pure: builds `Request`s and parses `Response`s, no I/O. Wire format: shared/providers/coinvoyage.md.
+
+Signing (coinvoyage.md §2, vectors README §6): `Authorization: APIKey=<key>,signature=<sig>,timestamp=<s>`
+with the timestamp in Unix **seconds** (the worker's nonce, `NoncePolicy.TIMESTAMP` / `NonceUnit.S`).
+The account option `signature_scheme` picks the recipe:
+- `hmac_sha256_method_path_timestamp` (default, current docs): hex HMAC-SHA256(api_secret,
+  METHOD + PATH + timestamp); the body is not signed;
+- `sha512_key_secret_timestamp_legacy` (older docs): hex SHA-512(api_key + api_secret + timestamp).
+Any other value is a configuration error.
+
+Assumptions taken from the spec's "Unknown / assumptions" section (§9) and the lead's decisions:
+- Which recipe the live v2 API expects is unconfirmed: both are implemented, chosen per account.
+- PATH is the path relative to the base URL (no `/v2`), exactly as sent: percent-encoded, and with the
+  query string when there is one (the `list_payorders` vector signs `/pay-orders?limit=...`).
+- The refund path is inferred (`/pay-orders/{payorder_id}/refund`); it is the account option `refund_path`.
+- No idempotency key exists: each create makes a new REFUND PayOrder. refundq's refund id travels in
+  `metadata.refundq_refund_id`, and the lookup lists pay-orders (`GET /pay-orders?limit=100`, the
+  documented maximum page) and matches on it. Assumption: the list is newest first, so a refund looked up
+  soon after its send is on that first page. `limit`/`offset` are the only documented list parameters, so
+  no server-side filter is sent; REFUND orders are picked client-side.
+- The request body is the flat form of the spec (`amount`, `asset`, `receiving_address`, `metadata`).
+  Amounts are JSON numbers written from the Decimal text, never through float.
+- Error codes are not catalogued: 401/403 -> AUTH, 429 -> RATE_LIMITED, 503 with an empty body ->
+  RETRYABLE, other 5xx -> AMBIGUOUS on a create (RETRYABLE on reads), other 4xx -> REJECTED. Both error
+  shapes seen in the docs are read: `{error: {path, statusCode, status, message}}` (SDK) and
+  `{error, message, code}` (openapi.json).
+- A REFUND order is a payment the merchant makes: `AWAITING_PAYMENT` is ACTION_REQUIRED with the
+  order's `hosted_url` in `detail["action_url"]`. `PARTIAL_PAYMENT` stays PROCESSING until the payment
+  deadline, when the order turns `EXPIRED` (FAILED).
+- Webhooks: `CoinVoyage-Webhook-Signature` = base64 HMAC-SHA256(webhook_secret, raw body), compared in
+  constant time; the payload's `status` is mapped when present, else the event type when it names one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypedDict
+from urllib.parse import quote
+
+from config.accounts import Account, AccountConfigError
+from providers.addresses import check_address
+from providers.base import (
+    ErrorKind,
+    FieldError,
+    NoncePolicy,
+    NonceUnit,
+    ProviderError,
+    RefundSpec,
+    RefundStatus,
+    Request,
+    Response,
+    StatusResult,
+    UnmappedStatusError,
+    check_amount,
+    plain_decimal,
+)
+
+NAME = "coinvoyage"
+
+SCHEME_HMAC = "hmac_sha256_method_path_timestamp"
+SCHEME_LEGACY = "sha512_key_secret_timestamp_legacy"
+SCHEMES = (SCHEME_HMAC, SCHEME_LEGACY)
+
+DEFAULT_REFUND_PATH = "/pay-orders/{payorder_id}/refund"
+LOOKUP_PATH = "/pay-orders?limit=100"  # 100 is the documented maximum page size
+METADATA_KEY = "refundq_refund_id"
+WEBHOOK_HEADER = "CoinVoyage-Webhook-Signature"
+
+FIAT_PLACES = 2
+TOKEN_PLACES = 18
+_MAX_SECONDS = 10**11  # a Unix time in seconds stays below this until the year 5138; ms are far above
+
+# --- signing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Signed:
+    timestamp: str
+    signed_text: str  # METHOD+PATH+timestamp (HMAC) or key+secret+timestamp (legacy): diagnostics only
+    signature: str
+    header: str
+
+
+def seconds_from_ms(now_ms: int) -> int:
+    """The documented `Math.floor(Date.now() / 1000)`."""
+    return now_ms // 1000
+
+
+def sign_request(
+    scheme: str, api_key: str, api_secret: str, timestamp: int, method: str = "", path: str = ""
+) -> Signed:
+    """The Authorization value for one request. `timestamp` is Unix seconds; `path` is relative to the
+    base URL, exactly as sent (query included). The legacy scheme ignores method and path."""
+    ts = str(timestamp)
+    if scheme == SCHEME_HMAC:
+        if not method or not path:
+            raise ValueError(f"{scheme}: method and path are signed and must not be empty")
+        text = method + path + ts
+        signature = hmac.new(api_secret.encode(), text.encode(), hashlib.sha256).hexdigest()
+    elif scheme == SCHEME_LEGACY:
+        text = api_key + api_secret + ts
+        signature = hashlib.sha512(text.encode()).hexdigest()
+    else:
+        raise ValueError(f"unknown CoinVoyage signature scheme {scheme!r} (expected one of {SCHEMES})")
+    return Signed(ts, text, signature, f"APIKey={api_key},signature={signature},timestamp={ts}")
+
+
+def parse_authorization(value: str) -> dict[str, str]:
+    """`APIKey=..,signature=..,timestamp=..` -> its fields (the sandbox verifies with them)."""
+    fields: dict[str, str] = {}
+    for part in value.split(","):
+        name, sep, val = part.strip().partition("=")
+        if sep:
+            fields[name] = val
+    return fields
+
+
+def webhook_signature(webhook_secret: str, raw_body: bytes) -> str:
+    digest = hmac.new(webhook_secret.encode(), raw_body, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def verify_webhook_signature(webhook_secret: str, raw_body: bytes, signature: str) -> bool:
+    """Over the raw bytes as received, never re-serialised JSON; constant-time compare."""
+    expected = webhook_signature(webhook_secret, raw_body).encode("ascii")
+    return hmac.compare_digest(expected, signature.strip().encode("utf-8", "replace"))
+
+
+# --- JSON with exact decimals -------------------------------------------------------------------
+
+
+def json_dumps(value: Any) -> str:
+    """Compact JSON where a Decimal becomes a JSON number written from its own text (never a float)."""
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError("a JSON number must be finite")
+        return plain_decimal(value)
+    if isinstance(value, float):
+        raise TypeError("floats are not written: use Decimal for amounts")
+    if isinstance(value, Mapping):
+        items = (f"{json.dumps(str(k), ensure_ascii=False)}:{json_dumps(v)}" for k, v in value.items())
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(json_dumps(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def json_loads(body: bytes) -> Any:
+    """Parse an answer keeping numbers exact (`ui_amount` etc. become Decimal). None if not JSON."""
+    try:
+        return json.loads(body, parse_float=Decimal) if body else None
+    except ValueError:
+        return None
+
+
+# --- wire types ---------------------------------------------------------------------------------
+
+
+class FiatAmount(TypedDict):
+    amount: Decimal
+    unit: str
+
+
+class RefundAmount(TypedDict, total=False):
+    fiat: FiatAmount
+    token_amount: Decimal
+
+
+class Asset(TypedDict):
+    address: str | None  # None: the chain's native coin
+    chain_id: int
+
+
+class RefundBody(TypedDict):
+    amount: RefundAmount
+    asset: Asset
+    receiving_address: str
+    metadata: dict[str, str]
+
+
+class PayOrder(TypedDict, total=False):
+    """The fields of a PayOrder this adapter reads (the API sends many more)."""
+
+    id: str
+    mode: str  # DEPOSIT | SALE | REFUND
+    status: str
+    hosted_url: str
+    metadata: dict[str, Any] | None
+    fulfillment: dict[str, Any]
+    payment: dict[str, Any] | None
+
+
+# --- statuses and errors ------------------------------------------------------------------------
+
+STATUS_MAP: dict[str, RefundStatus] = {
+    "PENDING": RefundStatus.PENDING,
+    "AWAITING_PAYMENT": RefundStatus.ACTION_REQUIRED,
+    "AWAITING_CONFIRMATION": RefundStatus.PROCESSING,
+    "OPTIMISTIC_CONFIRMED": RefundStatus.PROCESSING,
+    "EXECUTING_ORDER": RefundStatus.PROCESSING,
+    "PARTIAL_PAYMENT": RefundStatus.PROCESSING,  # until the payment deadline, then EXPIRED
+    "COMPLETED": RefundStatus.COMPLETED,
+    "FAILED": RefundStatus.FAILED,
+    "EXPIRED": RefundStatus.FAILED,
+    "REFUNDED": RefundStatus.FAILED,
+}
+
+STATUS_REASONS: dict[str, str] = {
+    "AWAITING_PAYMENT": "the merchant must fund the refund pay-order (open action_url)",
+    "PARTIAL_PAYMENT": "the refund pay-order is partly funded; it expires at its payment deadline",
+    "FAILED": "CoinVoyage reported the refund pay-order FAILED",
+    "EXPIRED": "the refund pay-order EXPIRED: it was not funded before its deadline",
+    "REFUNDED": "the refund pay-order was REFUNDED: its funds bounced back to the payer",
+}
+
+# Webhook event types without a `status` member, and the raw status each one implies.
+EVENT_STATUS: dict[str, str] = {
+    "payorder_created": "PENDING",
+    "payorder_confirming": "AWAITING_CONFIRMATION",
+    "payorder_executing": "EXECUTING_ORDER",
+    "payorder_completed": "COMPLETED",
+    "payorder_refunded": "REFUNDED",
+}
+
+
+def map_status(raw: str) -> RefundStatus:
+    try:
+        return STATUS_MAP[raw]
+    except KeyError:
+        raise UnmappedStatusError(NAME, raw) from None
+
+
+def _retry_after(resp: Response) -> float | None:
+    value = resp.header("retry-after")
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: let the worker's back-off decide
+    return seconds if seconds is not None and seconds >= 0 else None
+
+
+def _error_message(data: Any) -> tuple[str | None, str]:
+    """(code, message) from either documented error shape; the provider's text, never our secrets."""
+    if not isinstance(data, dict):
+        return None, "no error body"
+    error = data.get("error")
+    if isinstance(error, dict):
+        return _text(error.get("status")), _text(error.get("message")) or "no message"
+    return _text(error), _text(data.get("message")) or "no message"
+
+
+def _text(value: Any) -> str | None:
+    return str(value)[:300] if value is not None and value != "" else None
+
+
+def classify_error(resp: Response, *, submit: bool) -> ProviderError:
+    """The error table. `submit`: a 5xx may have executed the create, so it is AMBIGUOUS there."""
+    status = resp.status_code
+    code, message = _error_message(json_loads(resp.body))
+    message = f"CoinVoyage: {message}"
+    if status in (401, 403):
+        kind = ErrorKind.AUTH
+    elif status == 429:
+        kind = ErrorKind.RATE_LIMITED
+    elif status == 503 and not resp.body.strip():
+        kind = ErrorKind.RETRYABLE  # a gateway refused it before the API saw it
+    elif 400 <= status < 500:
+        kind = ErrorKind.REJECTED
+    else:
+        kind = ErrorKind.AMBIGUOUS if submit else ErrorKind.RETRYABLE
+    retry = _retry_after(resp) if kind == ErrorKind.RATE_LIMITED else None
+    return ProviderError(kind, message, code=code, retry_after=retry, http_status=status)
+
+
+# --- the adapter --------------------------------------------------------------------------------
+
+_FIELDS = ("payorder_id", "chain_id", "asset_address", "amount_kind")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def _scheme(account: Account) -> str:
+    scheme = account.option("signature_scheme", SCHEME_HMAC)
+    if scheme not in SCHEMES:
+        raise AccountConfigError(f"account {account.name!r}: unknown signature_scheme {scheme!r}")
+    return str(scheme)
+
+
+def _refund_path(account: Account) -> str:
+    return str(account.option("refund_path", DEFAULT_REFUND_PATH))
+
+
+def _segment(value: str) -> str:
+    """A path segment, percent-encoded; the signed path is the encoded one, as sent."""
+    return quote(value, safe="")
+
+
+def _reported(order: PayOrder) -> dict[str, Any]:
+    """Amount (as reported), destination, currency and links for integrity checks."""
+    detail: dict[str, Any] = {}
+    fulfillment = order.get("fulfillment")
+    fulfillment = fulfillment if isinstance(fulfillment, dict) else {}
+    payment = order.get("payment")
+    payment = payment if isinstance(payment, dict) else {}
+    amount = fulfillment.get("amount")
+    if isinstance(amount, dict) and amount.get("ui_amount_display") is not None:
+        detail["amount"] = str(amount["ui_amount_display"])
+    destination = fulfillment.get("receiving_address") or payment.get("receiving_address")
+    if destination:
+        detail["destination"] = destination
+    asset = fulfillment.get("asset")
+    currency = fulfillment.get("fiat") or (asset.get("ticker") if isinstance(asset, dict) else None)
+    if currency:
+        detail["currency"] = currency
+    for key in ("destination_tx_hash", "refund_tx_hash", "refunded_reason"):
+        if payment.get(key):
+            detail[key] = payment[key]
+    if order.get("hosted_url"):
+        detail["hosted_url"] = order["hosted_url"]
+    return detail
+
+
+def to_status(order: PayOrder) -> StatusResult:
+    """A REFUND PayOrder -> StatusResult (raises UnmappedStatusError on an undocumented status)."""
+    raw = str(order.get("status"))
+    status = map_status(raw)
+    detail = _reported(order)
+    reason = STATUS_REASONS.get(raw)
+    if status == RefundStatus.ACTION_REQUIRED and "hosted_url" in detail:
+        detail["action_url"] = detail["hosted_url"]
+    if status == RefundStatus.FAILED and detail.get("refunded_reason"):
+        reason = f"{reason}: {detail['refunded_reason']}"
+    return StatusResult(status, raw, provider_refund_id=str(order["id"]), reason=reason, detail=detail)
+
+
+def _is_pay_order(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("id"), str) and isinstance(data.get("status"), str)
+
+
+class CoinVoyageAdapter:
+    name = NAME
+    nonce_policy = NoncePolicy.TIMESTAMP
+    nonce_unit = NonceUnit.S
+    required_fields: tuple[str, ...] = ("payorder_id", "chain_id")
+
+    # --- validation ---
+
+    def validate(self, spec: RefundSpec, account: Account) -> list[FieldError]:
+        errors: list[FieldError] = []
+        scheme = account.option("signature_scheme", SCHEME_HMAC)
+        if scheme not in SCHEMES:
+            errors.append(FieldError("account.signature_scheme", f"must be one of {', '.join(SCHEMES)}"))
+        path = _refund_path(account)
+        if not path.startswith("/") or "{payorder_id}" not in path:
+            errors.append(FieldError("account.refund_path", "must start with / and contain {payorder_id}"))
+        errors += [FieldError(k, "unknown field for coinvoyage") for k in spec.fields if k not in _FIELDS]
+        for name in self.required_fields:
+            if spec.fields.get(name) in (None, ""):
+                errors.append(FieldError(name, "is required"))
+        payorder_id = spec.fields.get("payorder_id")
+        if payorder_id not in (None, "") and (
+            not isinstance(payorder_id, str) or any(c.isspace() or not c.isprintable() for c in payorder_id)
+        ):
+            errors.append(FieldError("payorder_id", "must be a string without whitespace"))
+        chain_id = spec.fields.get("chain_id")
+        if chain_id is not None and (
+            isinstance(chain_id, bool) or not isinstance(chain_id, int) or chain_id <= 0
+        ):
+            errors.append(FieldError("chain_id", "must be a positive integer (e.g. 1, 30000000000001)"))
+        asset_address = spec.fields.get("asset_address")
+        if asset_address is not None:
+            rule = (
+                check_address(asset_address, None) if isinstance(asset_address, str) else "must be a string"
+            )
+            if rule:
+                errors.append(FieldError("asset_address", f"{rule} (None means the native coin)"))
+        kind = spec.fields.get("amount_kind", "fiat")
+        if kind == "fiat":
+            errors += check_amount(spec.amount, max_places=FIAT_PLACES)
+            if not _CURRENCY.match(spec.currency):
+                errors.append(
+                    FieldError("currency", "must be a 3-letter fiat code such as USD for a fiat refund")
+                )
+        elif kind == "token":
+            errors += check_amount(spec.amount, max_places=TOKEN_PLACES)
+        else:
+            errors.append(FieldError("amount_kind", "must be 'fiat' or 'token'"))
+        rule = check_address(spec.destination, None)
+        if rule:
+            errors.append(FieldError("destination", rule))
+        return errors
+
+    def exclusive_key(self, spec: RefundSpec) -> str | None:
+        return None  # a pay-order may be refunded in parts; nothing to serialise on
+
+    # --- requests ---
+
+    def refund_body(self, spec: RefundSpec) -> RefundBody:
+        amount: RefundAmount
+        if spec.fields.get("amount_kind", "fiat") == "token":
+            amount = {"token_amount": spec.amount}
+        else:
+            amount = {"fiat": {"amount": spec.amount, "unit": spec.currency}}
+        return {
+            "amount": amount,
+            "asset": {"address": spec.fields.get("asset_address"), "chain_id": int(spec.fields["chain_id"])},
+            "receiving_address": spec.destination,
+            "metadata": {METADATA_KEY: spec.refund_id},
+        }
+
+    def _request(self, account: Account, method: str, path: str, nonce: int, body: bytes | None) -> Request:
+        if not 0 < nonce < _MAX_SECONDS:
+            raise ValueError("coinvoyage: the nonce is a Unix timestamp in seconds")
+        signed = sign_request(
+            _scheme(account), account.secret("api_key"), account.secret("api_secret"), nonce, method, path
+        )
+        headers = {"Authorization": signed.header, "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        return Request(method, account.base_url + path, headers, body)
+
+    def build_submit(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
+        path = _refund_path(account).replace("{payorder_id}", _segment(str(spec.fields["payorder_id"])))
+        body = json_dumps(self.refund_body(spec)).encode("utf-8")
+        return self._request(account, "POST", path, nonce, body)
+
+    def build_status(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
+        if not spec.provider_refund_id:
+            raise ValueError("coinvoyage: no refund pay-order id yet; use build_lookup")
+        return self._request(account, "GET", f"/pay-orders/{_segment(spec.provider_refund_id)}", nonce, None)
+
+    def build_lookup(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
+        return self._request(account, "GET", LOOKUP_PATH, nonce, None)
+
+    # --- answers ---
+
+    def parse_submit(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult:
+        if not 200 <= resp.status_code < 300:
+            raise classify_error(resp, submit=True)
+        data = json_loads(resp.body)
+        if not _is_pay_order(data) or data.get("mode", "REFUND") != "REFUND":
+            raise ProviderError(
+                ErrorKind.AMBIGUOUS,
+                "CoinVoyage: 2xx without a REFUND pay-order",
+                http_status=resp.status_code,
+            )
+        echoed = (
+            (data.get("metadata") or {}).get(METADATA_KEY) if isinstance(data.get("metadata"), dict) else None
+        )
+        if echoed is not None and echoed != spec.refund_id:
+            raise ProviderError(
+                ErrorKind.AMBIGUOUS, "CoinVoyage: the pay-order carries another refund id", http_status=200
+            )
+        return to_status(data)
+
+    def parse_status(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult:
+        if not 200 <= resp.status_code < 300:
+            raise classify_error(resp, submit=False)
+        data = json_loads(resp.body)
+        if (
+            not _is_pay_order(data)
+            or data.get("mode", "REFUND") != "REFUND"  # a DEPOSIT's COMPLETED is not our refund's
+            or (spec.provider_refund_id and data["id"] != spec.provider_refund_id)
+        ):
+            raise ProviderError(ErrorKind.RETRYABLE, "CoinVoyage: not our REFUND pay-order", http_status=200)
+        return to_status(data)
+
+    def parse_lookup(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult | None:
+        if not 200 <= resp.status_code < 300:
+            raise classify_error(resp, submit=False)
+        data = json_loads(resp.body)
+        orders = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(orders, list):
+            raise ProviderError(
+                ErrorKind.RETRYABLE, "CoinVoyage: list answer without data[]", http_status=200
+            )
+        matches = [
+            o
+            for o in orders
+            if _is_pay_order(o)
+            and o.get("mode") == "REFUND"
+            and isinstance(o.get("metadata"), dict)
+            and o["metadata"].get(METADATA_KEY) == spec.refund_id
+        ]
+        if not matches:
+            return None
+        result = to_status(matches[0])
+        if len(matches) > 1:
+            # No idempotency key at CoinVoyage: more than one order means a double create. Say so loudly.
+            ids = [str(o["id"]) for o in matches]
+            return StatusResult(
+                result.status,
+                result.raw_status,
+                result.provider_refund_id,
+                reason=f"{len(ids)} REFUND pay-orders carry this refund id: {', '.join(ids)}",
+                detail={**result.detail, "duplicate_payorder_ids": ids},
+            )
+        return result
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, account: Account) -> StatusResult:
+        wanted = WEBHOOK_HEADER.lower()
+        signature = next((v for k, v in headers.items() if k.lower() == wanted), None)
+        if "webhook_secret" not in account.secrets:
+            raise ProviderError(ErrorKind.AUTH, "CoinVoyage webhook: no webhook_secret configured")
+        if signature is None or not verify_webhook_signature(
+            account.secret("webhook_secret"), body, signature
+        ):
+            raise ProviderError(ErrorKind.AUTH, "CoinVoyage webhook: signature does not verify")
+        event = json_loads(body)
+        if not isinstance(event, dict):
+            raise ProviderError(ErrorKind.REJECTED, "CoinVoyage webhook: body is not a JSON object")
+        payorder_id = event.get("payorder_id")
+        raw = event.get("status") or EVENT_STATUS.get(str(event.get("type")))
+        if raw is None:
+            # An event that names no status: the worker polls the pay-order for the truth.
+            return StatusResult(
+                RefundStatus.UNKNOWN, str(event.get("type")), payorder_id, reason="event carries no status"
+            )
+        status = map_status(str(raw))
+        reason = STATUS_REASONS.get(str(raw))
+        if event.get("message"):
+            reason = f"{reason}: {event['message']}" if reason else str(event["message"])
+        detail = {k: event[k] for k in ("id", "type", "refund_tx_hash", "refund_address") if event.get(k)}
+        return StatusResult(status, str(raw), payorder_id, reason=reason, detail=detail)
+
+
+ADAPTER = CoinVoyageAdapter()

@@ -1,0 +1,189 @@
+"""CoinCorner emulator, mounted under /coincorner: POST /api/RefundOrder, /api/CheckOrder, /api/GetOrder.
+
+Faithful to shared/providers/coincorner.md: form or JSON bodies (ASP.NET model binding), auth in the body
+(`APIKey`, `Signature`, `Nonce`), errors in the ASP.NET Web API shape `{"Message": "..."}`.
+
+- The account is found by lower(APIKey) among the coincorner accounts; the HMAC signature is verified with the
+  production helper (case-insensitive hex, as CoinCorner evidently accepts). Unknown key / wrong signature ->
+  401. The nonce must be strictly increasing per key (`state.accept_increasing_nonce`, strict by default for
+  coincorner), checked only after the signature so forged calls cannot burn nonces -> 400 "Invalid nonce ...".
+- Ledger key id = the lower-cased API key (public); refund key = provider refund id = OrderId.
+- One refund per OrderId: a second RefundOrder answers 400 "Order already refunded" (the call is counted).
+- CheckOrder: an order without a refund is Complete (2); with one: Pending Refund (-4) until the lifecycle's
+  final phase, then Refunded (-5). A drifted status (`status_override`) is reported as the raw OrderStatus.
+- RefundOrder answers 200 with an empty body (the help page documents no response).
+- Scenarios: RATE_LIMITED (429 + Retry-After, once), SERVER_ERROR (500, once), TIMEOUT_AFTER_COMMIT (creates,
+  then hangs, once), SLOW, UNDOCUMENTED_STATUS (OrderStatus -7 after the first phase), REJECTED (400
+  "Insufficient balance"). FAILED, PARTIAL and ACTION_REQUIRED have no CoinCorner counterpart (no failure
+  status, no human step is documented) and behave as NORMAL.
+- CheckOrder/GetOrder carry no refund amount or address (the real API has none), so amount drift cannot show
+  here; GetOrder reports the ledger amount as the invoice amount only for a readable demo.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from config.accounts import Account
+from providers.coincorner import NAME, STATUS_TEXT, signature_matches
+from sandbox.core import LedgerEntry, Phase, SandboxState, Scenario, scenario_for
+
+_NO_COUNTERPART = {Scenario.FAILED, Scenario.PARTIAL, Scenario.ACTION_REQUIRED}
+UNDOCUMENTED_STATUS = -7
+
+
+def _message(text: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"Message": text}, status_code=status, headers=headers)
+
+
+async def _fields(request: Request) -> dict[str, str] | None:
+    """Form or JSON body as strings; None for an unsupported media type or a malformed body."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    raw = await request.body()
+    try:
+        if content_type == "application/x-www-form-urlencoded":
+            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+        if content_type in ("application/json", "text/json"):
+            data = json.loads(raw or b"{}")
+            if not isinstance(data, dict):
+                return None
+            return {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return None
+
+
+class _Call:
+    """An authenticated call: the account, the key id and the body fields."""
+
+    def __init__(self, account: Account, key_id: str, fields: dict[str, str]) -> None:
+        self.account, self.key_id, self.fields = account, key_id, fields
+
+
+def routes(state: SandboxState) -> list[BaseRoute]:
+    async def authenticate(request: Request) -> _Call | Response:
+        if state.config.outage.get(NAME):
+            return Response(status_code=503)  # a gateway in front of the API: empty body
+        fields = await _fields(request)
+        if fields is None:
+            return _message("The request entity's media type is not supported for this resource.", 415)
+        api_key = fields.get("APIKey", "").lower()
+        account = next((a for a in state.accounts_for(NAME) if a.secret("api_key").lower() == api_key), None)
+        if not api_key or account is None:
+            return _message("Authorization has been denied for this request.", 401)
+        nonce_text = fields.get("Nonce", "")
+        if not nonce_text.isdigit():
+            return _message("Invalid nonce: must be an integer", 400)
+        nonce = int(nonce_text)
+        user_id = str(account.option("user_id", ""))
+        if not signature_matches(
+            fields.get("Signature", ""), nonce, user_id, api_key, account.secret("api_secret")
+        ):
+            return _message("Authorization has been denied for this request. Invalid signature.", 401)
+        wait = state.take_rate_token(api_key)
+        if wait is not None:
+            return _message("Too many requests", 429, {"Retry-After": str(max(1, math.ceil(wait)))})
+        if not state.accept_increasing_nonce(NAME, api_key, nonce):
+            return _message("Invalid nonce: the nonce must be greater than the last nonce used", 400)
+        return _Call(account, api_key, fields)
+
+    async def refund_order(request: Request) -> Response:
+        call = await authenticate(request)
+        if isinstance(call, Response):
+            return call
+        missing = [f for f in ("OrderId", "Amount", "Address", "RefundType") if not call.fields.get(f)]
+        if missing:
+            model_state = {f"model.{f}": [f"The {f} field is required."] for f in missing}
+            return JSONResponse(
+                {"Message": "The request is invalid.", "ModelState": model_state}, status_code=400
+            )
+        order_id = call.fields["OrderId"]
+        try:
+            amount = Decimal(call.fields["Amount"])
+        except InvalidOperation:
+            amount = Decimal("NaN")
+        if not amount.is_finite() or amount <= 0:
+            return _message("Invalid amount", 400)
+        if state.find(NAME, call.key_id, order_id) is not None:
+            state.count_create_call(NAME, call.key_id, order_id)
+            return _message("Order already refunded", 400)
+
+        scenario = scenario_for(amount, order_id)
+        if scenario in _NO_COUNTERPART:
+            scenario = Scenario.NORMAL
+        if scenario is Scenario.REJECTED:
+            return _message("Insufficient balance", 400)
+        if scenario is Scenario.RATE_LIMITED and state.first_time(NAME, call.key_id, order_id, "429"):
+            return _message("Too many requests", 429, {"Retry-After": "1"})
+        if scenario is Scenario.SERVER_ERROR and state.first_time(NAME, call.key_id, order_id, "500"):
+            return _message("An error has occurred.", 500)
+
+        state.record_create(
+            NAME,
+            call.key_id,
+            order_id,
+            provider_refund_id=order_id,
+            scenario=scenario,
+            amount=amount,
+            destination=call.fields["Address"],
+        )
+        if scenario is Scenario.TIMEOUT_AFTER_COMMIT and state.first_time(
+            NAME, call.key_id, order_id, "hang"
+        ):
+            await state.hang()
+        return Response(status_code=200)
+
+    def order_status(entry: LedgerEntry | None) -> int | str:
+        if entry is None:
+            return 2  # any order is paid (Complete) until a refund exists
+        if entry.status_override is not None:
+            raw = entry.status_override
+            return int(raw) if raw.lstrip("-").isdigit() else raw
+        phase = state.phase(entry)
+        if entry.scenario == Scenario.UNDOCUMENTED_STATUS and phase is not Phase.PENDING:
+            return UNDOCUMENTED_STATUS
+        return -5 if phase is Phase.FINAL else -4
+
+    async def check_order(request: Request) -> Response:
+        call = await authenticate(request)
+        if isinstance(call, Response):
+            return call
+        order_id = call.fields.get("OrderId", "")
+        if not order_id:
+            return JSONResponse({"OrderId": None, "OrderStatusText": "N/A", "Error": "Invalid OrderId"})
+        status = order_status(state.find(NAME, call.key_id, order_id))
+        text = STATUS_TEXT.get(str(status), "Unknown")
+        return JSONResponse({"OrderId": order_id, "OrderStatus": status, "OrderStatusText": text})
+
+    async def get_order(request: Request) -> Response:
+        call = await authenticate(request)
+        if isinstance(call, Response):
+            return call
+        order_id = call.fields.get("OrderId", "")
+        if not order_id:
+            return JSONResponse({"OrderId": None, "OrderStatusText": "N/A", "Error": "Invalid OrderId"})
+        entry = state.find(NAME, call.key_id, order_id)
+        amount = entry.amount if entry and entry.amount else "10.00"
+        body: dict[str, Any] = {
+            "OrderId": order_id,
+            "PaymentAddress": "bc1qsandboxpaymentaddress0000000000000000",
+            "InvoiceAmount": amount,
+            "InvoiceCurrency": "GBP",
+            "SettleAmount": amount,
+            "SettleCurrency": "GBP",
+        }
+        return JSONResponse(body)
+
+    return [
+        Route("/api/RefundOrder", refund_order, methods=["POST"]),
+        Route("/api/CheckOrder", check_order, methods=["POST"]),
+        Route("/api/GetOrder", get_order, methods=["POST"]),
+    ]
