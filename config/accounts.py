@@ -62,9 +62,7 @@ def resolve_secret(ref: str, *, account: str, key: str, base_dir: Path) -> Secre
     if kind == "env":
         value = os.environ.get(target)
         if value is None:
-            raise AccountConfigError(
-                f"account {account!r}: secret {key!r}: environment variable {target} is not set"
-            )
+            raise AccountConfigError(f"account {account!r}: secret {key!r}: environment variable {target} is not set")
     elif kind == "file":
         path = Path(target) if Path(target).is_absolute() else base_dir / target
         try:

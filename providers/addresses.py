@@ -10,9 +10,7 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     "evm": re.compile(r"^0x[0-9a-fA-F]{40}$"),
     "tron": re.compile(rf"^T{_BASE58}{{33}}$"),
     "solana": re.compile(rf"^{_BASE58}{{32,44}}$"),
-    "bitcoin": re.compile(
-        rf"^(bc1[02-9ac-hj-np-z]{{11,71}}|tb1[02-9ac-hj-np-z]{{11,71}}|[13mn2]{_BASE58}{{25,34}})$"
-    ),
+    "bitcoin": re.compile(rf"^(bc1[02-9ac-hj-np-z]{{11,71}}|tb1[02-9ac-hj-np-z]{{11,71}}|[13mn2]{_BASE58}{{25,34}})$"),
 }
 
 # Cobo-style token ids are CHAIN_TOKEN; the chain prefix picks the address family.

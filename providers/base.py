@@ -84,9 +84,7 @@ class UnmappedStatusError(ProviderError):
     """An undocumented provider status. Never silently mapped: the refund goes to needs_attention."""
 
     def __init__(self, provider: str, raw_status: str) -> None:
-        super().__init__(
-            ErrorKind.UNMAPPED, f"{provider}: undocumented status {raw_status!r}", raw_status=raw_status
-        )
+        super().__init__(ErrorKind.UNMAPPED, f"{provider}: undocumented status {raw_status!r}", raw_status=raw_status)
 
 
 @dataclass(frozen=True)

@@ -82,9 +82,7 @@ def string_to_sign(method: str, path: str, timestamp_ms: int | str, query: str, 
     return "|".join([method.upper(), path, str(timestamp_ms), query, body])
 
 
-def sign_request(
-    private_key_hex: str, method: str, path: str, timestamp_ms: int, query: str, body: str
-) -> str:
+def sign_request(private_key_hex: str, method: str, path: str, timestamp_ms: int, query: str, body: str) -> str:
     """Hex Ed25519 signature of SHA256(SHA256(string_to_sign)) -> `Biz-Api-Signature`."""
     key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(private_key_hex))
     digest = sha256d(string_to_sign(method, path, timestamp_ms, query, body).encode("utf-8"))
@@ -372,9 +370,7 @@ class CoboAdapter:
         fields = spec.fields
         for name in fields:
             if name not in OPTIONAL_FIELDS:
-                errors.append(
-                    FieldError(name, f"unknown field for cobo (known: {', '.join(OPTIONAL_FIELDS)})")
-                )
+                errors.append(FieldError(name, f"unknown field for cobo (known: {', '.join(OPTIONAL_FIELDS)})"))
         for name in ("order_id", "merchant_id"):
             if name in fields and (not isinstance(fields[name], str) or not fields[name].strip()):
                 errors.append(FieldError(name, "must be a non-empty string"))
@@ -395,9 +391,7 @@ class CoboAdapter:
             elif spec.amount.is_finite() and fee >= spec.amount:
                 errors.append(FieldError("merchant_fee_amount", "must be less than the refund amount"))
         if "merchant_fee_token_id" in fields and not _TOKEN_ID.match(str(fields["merchant_fee_token_id"])):
-            errors.append(
-                FieldError("merchant_fee_token_id", "must be a Cobo token id CHAIN_TOKEN, e.g. ETH_USDT")
-            )
+            errors.append(FieldError("merchant_fee_token_id", "must be a Cobo token id CHAIN_TOKEN, e.g. ETH_USDT"))
         return errors
 
     def exclusive_key(self, spec: RefundSpec) -> str | None:
@@ -421,9 +415,7 @@ class CoboAdapter:
             body["charge_merchant_fee"] = bool(fields["charge_merchant_fee"])
         if "merchant_fee_amount" in fields:
             fee = _decimal(fields["merchant_fee_amount"])
-            body["merchant_fee_amount"] = (
-                plain_decimal(fee) if fee is not None else str(fields["merchant_fee_amount"])
-            )
+            body["merchant_fee_amount"] = plain_decimal(fee) if fee is not None else str(fields["merchant_fee_amount"])
         if "merchant_fee_token_id" in fields:
             body["merchant_fee_token_id"] = str(fields["merchant_fee_token_id"])
         return body
@@ -461,9 +453,7 @@ class CoboAdapter:
     def build_lookup(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
         return self._request(account, "GET", REFUNDS_PATH, nonce, query={"request_id": spec.refund_id})
 
-    def build_update_address(
-        self, spec: RefundSpec, account: Account, nonce: int, to_address: str
-    ) -> Request:
+    def build_update_address(self, spec: RefundSpec, account: Account, nonce: int, to_address: str) -> Request:
         """Answer PendingConfirmation: give the refund its destination (`PUT /payments/refunds/{id}`)."""
         if not spec.provider_refund_id:
             raise ValueError("cobo: setting an address needs the provider refund id")
@@ -483,9 +473,7 @@ class CoboAdapter:
             )
         data = _json(resp.body)
         if not isinstance(data, dict):
-            raise ProviderError(
-                failure, "cobo: 2xx answer is not a JSON object", http_status=resp.status_code
-            )
+            raise ProviderError(failure, "cobo: 2xx answer is not a JSON object", http_status=resp.status_code)
         return data
 
     def _check_ours(self, spec: RefundSpec, refund: Mapping[str, Any], failure: ErrorKind) -> None:

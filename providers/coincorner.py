@@ -132,9 +132,7 @@ def signature_matches(given: str, nonce: int, user_id: str, api_key: str, api_se
     return hmac.compare_digest(given.lower().encode("utf-8"), expected.encode("utf-8"))
 
 
-def json_body(
-    api_key: str, api_secret: str, user_id: str, nonce: int, params: Mapping[str, str]
-) -> dict[str, str]:
+def json_body(api_key: str, api_secret: str, user_id: str, nonce: int, params: Mapping[str, str]) -> dict[str, str]:
     """The body as an object in wire order: APIKey, Signature, Nonce, then `params` (strings, unchanged)."""
     auth = {
         "APIKey": api_key.lower(),
@@ -292,24 +290,16 @@ def _order_answer(resp: Response, spec: RefundSpec) -> tuple[str, CheckOrderAnsw
     """The raw OrderStatus of a 200 CheckOrder answer, or ProviderError."""
     data = json_or_none(resp.body)
     if not isinstance(data, dict):
-        raise ProviderError(
-            ErrorKind.RETRYABLE, f"{NAME}: CheckOrder answer is not a JSON object", http_status=200
-        )
+        raise ProviderError(ErrorKind.RETRYABLE, f"{NAME}: CheckOrder answer is not a JSON object", http_status=200)
     answer: CheckOrderAnswer = data  # type: ignore[assignment]
     if data.get("OrderStatusText") == "N/A" or ("Error" in data and "OrderStatus" not in data):
-        raise ProviderError(
-            ErrorKind.REJECTED, f"{NAME}: unknown order: {error_message(resp.body)}", http_status=200
-        )
+        raise ProviderError(ErrorKind.REJECTED, f"{NAME}: unknown order: {error_message(resp.body)}", http_status=200)
     order_id = data.get("OrderId")
     if order_id is not None and str(order_id) != _order_id(spec):
-        raise ProviderError(
-            ErrorKind.RETRYABLE, f"{NAME}: CheckOrder answered for another order", http_status=200
-        )
+        raise ProviderError(ErrorKind.RETRYABLE, f"{NAME}: CheckOrder answered for another order", http_status=200)
     raw = data.get("OrderStatus")
     if isinstance(raw, bool) or not isinstance(raw, int | str) or str(raw).strip() == "":
-        raise ProviderError(
-            ErrorKind.RETRYABLE, f"{NAME}: CheckOrder answer has no OrderStatus", http_status=200
-        )
+        raise ProviderError(ErrorKind.RETRYABLE, f"{NAME}: CheckOrder answer has no OrderStatus", http_status=200)
     return str(raw).strip(), answer
 
 
@@ -348,13 +338,9 @@ class CoinCornerAdapter:
         if order_id is None or order_id == "":
             errors.append(FieldError("fields.order_id", "is required (the CoinCorner OrderId to refund)"))
         elif not isinstance(order_id, str) or not _ORDER_ID.match(order_id):
-            errors.append(
-                FieldError("fields.order_id", "must be a string of 1 to 100 characters, no outer spaces")
-            )
+            errors.append(FieldError("fields.order_id", "must be a string of 1 to 100 characters, no outer spaces"))
         if not _CURRENCY.match(spec.currency):
-            errors.append(
-                FieldError("currency", "must be a 3-letter upper-case currency code (e.g. GBP, EUR, BTC)")
-            )
+            errors.append(FieldError("currency", "must be a 3-letter upper-case currency code (e.g. GBP, EUR, BTC)"))
         else:
             places = 8 if spec.currency == "BTC" else 2
             errors += check_amount(spec.amount, max_places=places)
@@ -366,9 +352,7 @@ class CoinCornerAdapter:
             errors.append(FieldError("fields.refund_type", "must be an enum value like 1 or a member name"))
         user_id = account.option("user_id")
         if not isinstance(user_id, str | int) or isinstance(user_id, bool) or str(user_id) == "":
-            errors.append(
-                FieldError("account.user_id", "the account option user_id (CoinCorner UserId) is required")
-            )
+            errors.append(FieldError("account.user_id", "the account option user_id (CoinCorner UserId) is required"))
         return errors
 
     def exclusive_key(self, spec: RefundSpec) -> str | None:
@@ -436,9 +420,7 @@ class CoinCornerAdapter:
         fields = _webhook_fields(headers, body)
         posted = fields.get("APIKey")
         expected = account.secret("api_key").lower()
-        if not isinstance(posted, str) or not hmac.compare_digest(
-            posted.encode("utf-8"), expected.encode("utf-8")
-        ):
+        if not isinstance(posted, str) or not hmac.compare_digest(posted.encode("utf-8"), expected.encode("utf-8")):
             raise ProviderError(ErrorKind.AUTH, f"{NAME}: callback APIKey does not match the account")
         order_id = fields.get("OrderId")
         order = str(order_id) if order_id is not None else None

@@ -371,24 +371,18 @@ class CoinVoyageAdapter:
         ):
             errors.append(FieldError("payorder_id", "must be a string without whitespace"))
         chain_id = spec.fields.get("chain_id")
-        if chain_id is not None and (
-            isinstance(chain_id, bool) or not isinstance(chain_id, int) or chain_id <= 0
-        ):
+        if chain_id is not None and (isinstance(chain_id, bool) or not isinstance(chain_id, int) or chain_id <= 0):
             errors.append(FieldError("chain_id", "must be a positive integer (e.g. 1, 30000000000001)"))
         asset_address = spec.fields.get("asset_address")
         if asset_address is not None:
-            rule = (
-                check_address(asset_address, None) if isinstance(asset_address, str) else "must be a string"
-            )
+            rule = check_address(asset_address, None) if isinstance(asset_address, str) else "must be a string"
             if rule:
                 errors.append(FieldError("asset_address", f"{rule} (None means the native coin)"))
         kind = spec.fields.get("amount_kind", "fiat")
         if kind == "fiat":
             errors += check_amount(spec.amount, max_places=FIAT_PLACES)
             if not _CURRENCY.match(spec.currency):
-                errors.append(
-                    FieldError("currency", "must be a 3-letter fiat code such as USD for a fiat refund")
-                )
+                errors.append(FieldError("currency", "must be a 3-letter fiat code such as USD for a fiat refund"))
         elif kind == "token":
             errors += check_amount(spec.amount, max_places=TOKEN_PLACES)
         else:
@@ -452,9 +446,7 @@ class CoinVoyageAdapter:
                 "CoinVoyage: 2xx without a REFUND pay-order",
                 http_status=resp.status_code,
             )
-        echoed = (
-            (data.get("metadata") or {}).get(METADATA_KEY) if isinstance(data.get("metadata"), dict) else None
-        )
+        echoed = (data.get("metadata") or {}).get(METADATA_KEY) if isinstance(data.get("metadata"), dict) else None
         if echoed is not None and echoed != spec.refund_id:
             raise ProviderError(
                 ErrorKind.AMBIGUOUS, "CoinVoyage: the pay-order carries another refund id", http_status=200
@@ -479,9 +471,7 @@ class CoinVoyageAdapter:
         data = json_loads(resp.body)
         orders = data.get("data") if isinstance(data, dict) else None
         if not isinstance(orders, list):
-            raise ProviderError(
-                ErrorKind.RETRYABLE, "CoinVoyage: list answer without data[]", http_status=200
-            )
+            raise ProviderError(ErrorKind.RETRYABLE, "CoinVoyage: list answer without data[]", http_status=200)
         matches = [
             o
             for o in orders
@@ -510,9 +500,7 @@ class CoinVoyageAdapter:
         signature = next((v for k, v in headers.items() if k.lower() == wanted), None)
         if "webhook_secret" not in account.secrets:
             raise ProviderError(ErrorKind.AUTH, "CoinVoyage webhook: no webhook_secret configured")
-        if signature is None or not verify_webhook_signature(
-            account.secret("webhook_secret"), body, signature
-        ):
+        if signature is None or not verify_webhook_signature(account.secret("webhook_secret"), body, signature):
             raise ProviderError(ErrorKind.AUTH, "CoinVoyage webhook: signature does not verify")
         event = json_loads(body)
         if not isinstance(event, dict):

@@ -111,9 +111,7 @@ def _php_float(value: float) -> str:
     _, digit_tuple, exponent = Decimal(repr(abs(value))).normalize().as_tuple()
     digits = "".join(map(str, digit_tuple))
     assert isinstance(exponent, int)
-    decpt = (
-        len(digits) + exponent
-    )  # position of the decimal point relative to the digits, as zend_dtoa gives it
+    decpt = len(digits) + exponent  # position of the decimal point relative to the digits, as zend_dtoa gives it
     if decpt > 17 or decpt < -3:
         exp = decpt - 1
         return f"{sign}{digits[0]}.{digits[1:] or '0'}e{'-' if exp < 0 else '+'}{abs(exp)}"
@@ -151,9 +149,7 @@ def php_json_encode(value: Any) -> str:
             return "[" + ",".join(php_json_encode(v) for v in value.values()) + "]"
         return (
             "{"
-            + ",".join(
-                f"{_php_string(k)}:{php_json_encode(v)}" for k, v in zip(keys, value.values(), strict=True)
-            )
+            + ",".join(f"{_php_string(k)}:{php_json_encode(v)}" for k, v in zip(keys, value.values(), strict=True))
             + "}"
         )
     if isinstance(value, list | tuple):
@@ -406,9 +402,7 @@ class CryptomusAdapter:
         errors: list[FieldError] = []
         fields = spec.fields
         for name in sorted(set(fields) - ALLOWED_FIELDS):
-            errors.append(
-                FieldError(f"fields.{name}", f"unknown field (allowed: {', '.join(sorted(ALLOWED_FIELDS))})")
-            )
+            errors.append(FieldError(f"fields.{name}", f"unknown field (allowed: {', '.join(sorted(ALLOWED_FIELDS))})"))
         order_id, uuid = fields.get("order_id"), fields.get("uuid")
         if order_id is None and uuid is None:
             errors.append(FieldError("fields.order_id", "order_id or uuid is required"))
@@ -422,9 +416,7 @@ class CryptomusAdapter:
             errors.append(FieldError("fields.is_subtract", "must be true or false"))
         network = fields.get("network")
         if network is not None and not (isinstance(network, str) and network):
-            errors.append(
-                FieldError("fields.network", "must be a non-empty network code (e.g. tron, eth, btc)")
-            )
+            errors.append(FieldError("fields.network", "must be a non-empty network code (e.g. tron, eth, btc)"))
         family = _NETWORK_FAMILY.get(network.lower()) if isinstance(network, str) else None
         if (rule := check_address(spec.destination, family)) is not None:
             errors.append(FieldError("destination", rule))
@@ -480,16 +472,12 @@ class CryptomusAdapter:
 
     def parse_submit(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult:
         _result(resp, submit=True)  # `[]` on success: no refund id, no status
-        return StatusResult(
-            RefundStatus.PENDING, SUBMITTED_RAW_STATUS, provider_refund_id=self._refund_id(spec)
-        )
+        return StatusResult(RefundStatus.PENDING, SUBMITTED_RAW_STATUS, provider_refund_id=self._refund_id(spec))
 
     def _info(self, resp: Response) -> PaymentInfo:
         result = _result(resp, submit=False)
         if not isinstance(result, dict) or not isinstance(result.get("status"), str):
-            raise ProviderError(
-                ErrorKind.RETRYABLE, "payment info without a status", http_status=resp.status_code
-            )
+            raise ProviderError(ErrorKind.RETRYABLE, "payment info without a status", http_status=resp.status_code)
         info: PaymentInfo = result  # type: ignore[assignment]
         return info
 

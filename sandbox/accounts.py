@@ -61,8 +61,12 @@ options = {{ user_id = "{secrets.randbelow(10**6)}", refund_type = "1" }}
 [accounts.coinvoyage-{suffix}]
 provider = "coinvoyage"
 base_url = "{base_url}/coinvoyage/v2"
-secrets = {{ api_key = "file:coinvoyage_api_key", api_secret = "file:coinvoyage_api_secret", webhook_secret = "file:coinvoyage_webhook_secret" }}
 options = {{ signature_scheme = "hmac_sha256_method_path_timestamp" }}
+
+[accounts.coinvoyage-{suffix}.secrets]
+api_key = "file:coinvoyage_api_key"
+api_secret = "file:coinvoyage_api_secret"
+webhook_secret = "file:coinvoyage_webhook_secret"
 
 [accounts.cryptomus-{suffix}]
 provider = "cryptomus"

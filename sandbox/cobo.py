@@ -94,9 +94,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         path = raw_path.decode("latin-1").split("?", 1)[0]
         path = path[len(MOUNT) :] if path.startswith(MOUNT + "/") else path
         query = request.scope.get("query_string", b"").decode("latin-1")
-        if not nonce.isdigit() or not cobo.verify_request(
-            api_key, request.method, path, nonce, query, body, signature
-        ):
+        if not nonce.isdigit() or not cobo.verify_request(api_key, request.method, path, nonce, query, body, signature):
             state.count(PROVIDER, "signature_rejections")
             return error(401, 2023, "API signature validation failed")
         why = state.accept_timestamp(PROVIDER, api_key.lower(), int(nonce), signature.lower())
@@ -241,9 +239,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
             )
             if k in body
         }
-        if scenario == Scenario.TIMEOUT_AFTER_COMMIT and state.first_time(
-            PROVIDER, key_id, request_id, "hang"
-        ):
+        if scenario == Scenario.TIMEOUT_AFTER_COMMIT and state.first_time(PROVIDER, key_id, request_id, "hang"):
             await state.hang()  # committed; the client gives up before this answer
         return signed(refund_object(entry), 201)
 

@@ -84,9 +84,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
             return _message("Invalid nonce: must be an integer", 400)
         nonce = int(nonce_text)
         user_id = str(account.option("user_id", ""))
-        if not signature_matches(
-            fields.get("Signature", ""), nonce, user_id, api_key, account.secret("api_secret")
-        ):
+        if not signature_matches(fields.get("Signature", ""), nonce, user_id, api_key, account.secret("api_secret")):
             return _message("Authorization has been denied for this request. Invalid signature.", 401)
         wait = state.take_rate_token(api_key)
         if wait is not None:
@@ -102,9 +100,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         missing = [f for f in ("OrderId", "Amount", "Address", "RefundType") if not call.fields.get(f)]
         if missing:
             model_state = {f"model.{f}": [f"The {f} field is required."] for f in missing}
-            return JSONResponse(
-                {"Message": "The request is invalid.", "ModelState": model_state}, status_code=400
-            )
+            return JSONResponse({"Message": "The request is invalid.", "ModelState": model_state}, status_code=400)
         order_id = call.fields["OrderId"]
         try:
             amount = Decimal(call.fields["Amount"])
@@ -135,9 +131,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
             amount=amount,
             destination=call.fields["Address"],
         )
-        if scenario is Scenario.TIMEOUT_AFTER_COMMIT and state.first_time(
-            NAME, call.key_id, order_id, "hang"
-        ):
+        if scenario is Scenario.TIMEOUT_AFTER_COMMIT and state.first_time(NAME, call.key_id, order_id, "hang"):
             await state.hang()
         return Response(status_code=200)
 

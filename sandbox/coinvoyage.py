@@ -272,9 +272,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
                 entry.created += 1
         order = Order(order_id, entry, parent_id, chain_id, asset.get("address"), unit, dict(metadata))
         orders[order_id] = order
-        if scenario == Scenario.TIMEOUT_AFTER_COMMIT and state.first_time(
-            PROVIDER, key_id, refund_key, "hang"
-        ):
+        if scenario == Scenario.TIMEOUT_AFTER_COMMIT and state.first_time(PROVIDER, key_id, refund_key, "hang"):
             await state.hang()
         return _json(pay_order(request, order))
 

@@ -137,9 +137,7 @@ class SandboxState:
         with self._lock:
             last = self._last_nonce.get((provider, key_id), -1)
             if nonce <= last:
-                self.counters[f"{provider}:nonce_rejections"] = (
-                    self.counters.get(f"{provider}:nonce_rejections", 0) + 1
-                )
+                self.counters[f"{provider}:nonce_rejections"] = self.counters.get(f"{provider}:nonce_rejections", 0) + 1
                 return False
             self._last_nonce[(provider, key_id)] = nonce
             return True
@@ -157,9 +155,7 @@ class SandboxState:
             if marker in self._seen_nonces:
                 return "replayed nonce"
             self._seen_nonces[marker] = time.time()
-        if self.config.strict_nonce.get(provider, False) and not self.accept_increasing_nonce(
-            provider, key_id, ts_ms
-        ):
+        if self.config.strict_nonce.get(provider, False) and not self.accept_increasing_nonce(provider, key_id, ts_ms):
             return "nonce not increasing"
         return None
 
@@ -269,8 +265,6 @@ def load_sandbox_secrets(accounts_file: Path | None) -> dict[str, str]:
 
     table = tomllib.loads(accounts_file.read_text(encoding="utf-8")).get("sandbox", {})
     return {
-        key: resolve_secret(
-            str(ref), account="sandbox", key=key, base_dir=accounts_file.parent
-        ).get_secret_value()
+        key: resolve_secret(str(ref), account="sandbox", key=key, base_dir=accounts_file.parent).get_secret_value()
         for key, ref in table.items()
     }

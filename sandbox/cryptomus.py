@@ -70,9 +70,7 @@ class Invoice:
     scenario: Scenario
 
 
-def _fail(
-    status: int, message: str | None = None, *, errors: dict[str, list[str]] | None = None
-) -> JSONResponse:
+def _fail(status: int, message: str | None = None, *, errors: dict[str, list[str]] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"state": 1}
     if message is not None:
         body["message"] = message
@@ -219,9 +217,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         if inv.scenario == Scenario.SERVER_ERROR and state.first_time(NAME, merchant, inv.uuid, "500"):
             return JSONResponse({"message": "Server Error"}, status_code=500)
         # No Cryptomus counterpart: a refund returns the whole invoice and waits for no person.
-        recorded = (
-            Scenario.NORMAL if inv.scenario in (Scenario.PARTIAL, Scenario.ACTION_REQUIRED) else inv.scenario
-        )
+        recorded = Scenario.NORMAL if inv.scenario in (Scenario.PARTIAL, Scenario.ACTION_REQUIRED) else inv.scenario
         _, created = state.record_create(
             NAME,
             merchant,
@@ -234,9 +230,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         )
         if not created:  # a concurrent twin won the race; record_create counted this call
             return _fail(422, ALREADY_REFUNDED)
-        if inv.scenario == Scenario.TIMEOUT_AFTER_COMMIT and state.first_time(
-            NAME, merchant, inv.uuid, "hang"
-        ):
+        if inv.scenario == Scenario.TIMEOUT_AFTER_COMMIT and state.first_time(NAME, merchant, inv.uuid, "hang"):
             await state.hang()
         return JSONResponse({"state": 0, "result": []})
 
@@ -268,8 +262,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
             # The amount shown comes from the ledger entry (drift included), not from the invoice.
             inv = Invoice(e.refund_key, order_id, DEFAULT_AMOUNT, Scenario(e.scenario))
             items.append(
-                payment(inv, e)
-                | {"created_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(e.created_at))}
+                payment(inv, e) | {"created_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(e.created_at))}
             )
         paginate = {
             "count": len(items),

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import uuid
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,8 +122,9 @@ def pg_url() -> Iterator[str]:
     from worker.migrate import upgrade
 
     name = f"refundq_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(PG_BASE.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
-                          isolation_level="AUTOCOMMIT")
+    admin = create_engine(
+        PG_BASE.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT"
+    )
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = f"{PG_BASE}/{name}"
@@ -180,14 +181,26 @@ def make_runtime(db: str, accounts_file: Path, **overrides: object) -> Any:
     from config.settings import Settings
     from worker.runtime import Runtime
 
-    settings = Settings(database_url=db, redis_url=TEST_REDIS_URL, accounts_file=accounts_file,
-                        redis_prefix=f"refundq-test-{os.getpid()}", **{**FAST, **overrides})  # type: ignore[arg-type]
+    settings = Settings(
+        database_url=db,
+        redis_url=TEST_REDIS_URL,
+        accounts_file=accounts_file,
+        redis_prefix=f"refundq-test-{os.getpid()}",
+        **{**FAST, **overrides},
+    )  # type: ignore[arg-type]
     return Runtime(settings=settings, accounts=load_accounts(accounts_file))
 
 
 def settings_env(db: str, accounts_file: Path, **overrides: object) -> dict[str, str]:
-    values = {"database_url": db, "redis_url": TEST_REDIS_URL, "accounts_file": str(accounts_file),
-              "redis_prefix": f"refundq-test-{os.getpid()}", "dispatch_interval": 0.5, **FAST, **overrides}
+    values = {
+        "database_url": db,
+        "redis_url": TEST_REDIS_URL,
+        "accounts_file": str(accounts_file),
+        "redis_prefix": f"refundq-test-{os.getpid()}",
+        "dispatch_interval": 0.5,
+        **FAST,
+        **overrides,
+    }
     return {f"REFUNDQ_{k.upper()}": str(v) for k, v in values.items()}
 
 
@@ -203,8 +216,11 @@ class Stack:
     children: Any
 
     def start_worker(self, name: str = "w1", concurrency: int = 16) -> None:
-        self.children.refundq(name, ["worker", "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h",
-                                     "--loglevel", "WARNING"], self.env)
+        self.children.refundq(
+            name,
+            ["worker", "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h", "--loglevel", "WARNING"],
+            self.env,
+        )
 
     def start_dispatcher(self, name: str = "dispatcher") -> None:
         self.children.refundq(name, ["dispatcher"], self.env)

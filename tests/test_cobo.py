@@ -70,9 +70,7 @@ def spec(amount: str = "10.50", **kw: Any) -> RefundSpec:
 def signed_response(payload: Any, status: int = 200, seed: str = RESPONSE_SEED) -> Response:
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     ts = "1735689700123"
-    return Response(
-        status, {"biz-timestamp": ts, "biz-resp-signature": cobo.sign_response(seed, raw, ts)}, raw
-    )
+    return Response(status, {"biz-timestamp": ts, "biz-resp-signature": cobo.sign_response(seed, raw, ts)}, raw)
 
 
 def refund(status: str = "Pending", **kw: Any) -> dict[str, Any]:
@@ -353,9 +351,7 @@ def test_build_submit_field_overrides_option_and_plain_decimal() -> None:
     body = json.loads(ADAPTER.build_submit(s, make_account(), 1).body or b"")
     assert body["payable_amount"] == "10"
     assert body["merchant_id"] == "M9" and body["refund_type"] == "Psp"
-    no_merchant = Account(
-        "c", "cobo", "https://x.invalid/v2", make_account().secrets, {"response_public_key": "00"}
-    )
+    no_merchant = Account("c", "cobo", "https://x.invalid/v2", make_account().secrets, {"response_public_key": "00"})
     assert "merchant_id" not in json.loads(ADAPTER.build_submit(spec(), no_merchant, 1).body or b"")
 
 
@@ -508,9 +504,7 @@ def raw_error(resp: Response) -> Mapping[str, Any]:
 
 
 def test_wrong_secret_is_refused_as_auth(sandbox: SandboxServer, acct: Account, nonce: Nonces) -> None:
-    wrong = Account(
-        acct.name, "cobo", acct.base_url, {"api_private_key": SecretStr(new_seed())}, acct.options
-    )
+    wrong = Account(acct.name, "cobo", acct.base_url, {"api_private_key": SecretStr(new_seed())}, acct.options)
     s = live_spec()
     resp = send(ADAPTER.build_submit(s, wrong, nonce()))
     assert resp.status_code == 401 and raw_error(resp)["error_code"] == 2024
@@ -643,9 +637,7 @@ def test_action_required_answered_with_an_address(acct: Account, nonce: Nonces) 
     poll_until(s, acct, nonce, lambda r: r.status is RefundStatus.COMPLETED)
 
 
-def test_timeout_after_commit_then_lookup_finds_it(
-    sandbox: SandboxServer, acct: Account, nonce: Nonces
-) -> None:
+def test_timeout_after_commit_then_lookup_finds_it(sandbox: SandboxServer, acct: Account, nonce: Nonces) -> None:
     s = live_spec("12.56")
     with pytest.raises(httpx.ReadTimeout):
         send(ADAPTER.build_submit(s, acct, nonce()), timeout=0.5)  # the sandbox hangs 3 s
@@ -686,9 +678,7 @@ def test_rate_limit_per_key(sandbox: SandboxServer, acct: Account, nonce: Nonces
     assert kinds[:2] == ["ok", "ok"] and ErrorKind.RATE_LIMITED in kinds[2:]
 
 
-def test_server_error_creates_nothing_and_resend_is_safe(
-    sandbox: SandboxServer, acct: Account, nonce: Nonces
-) -> None:
+def test_server_error_creates_nothing_and_resend_is_safe(sandbox: SandboxServer, acct: Account, nonce: Nonces) -> None:
     s = live_spec("12.55")
     with pytest.raises(ProviderError) as info:
         submit(s, acct, nonce)
@@ -725,9 +715,7 @@ def test_drift_shows_in_status_reads(sandbox: SandboxServer, acct: Account, nonc
     s = live_spec()
     s = with_id(s, submit(s, acct, nonce))
     change = {"amount": "99.99", "destination": "0x" + "ee" * 20}
-    httpx.post(
-        f"{sandbox.base_url}/_sandbox/drift/cobo/{s.refund_id}", json=change, timeout=5
-    ).raise_for_status()
+    httpx.post(f"{sandbox.base_url}/_sandbox/drift/cobo/{s.refund_id}", json=change, timeout=5).raise_for_status()
     result = ADAPTER.parse_status(s, acct, send(ADAPTER.build_status(s, acct, nonce())))
     assert result.detail["amount"] == "99.99" and result.detail["destination"] == change["destination"]
     httpx.post(
@@ -737,9 +725,7 @@ def test_drift_shows_in_status_reads(sandbox: SandboxServer, acct: Account, nonc
         ADAPTER.parse_status(s, acct, send(ADAPTER.build_status(s, acct, nonce())))
 
 
-def test_sandbox_answers_are_signed_with_its_own_key(
-    sandbox: SandboxServer, acct: Account, nonce: Nonces
-) -> None:
+def test_sandbox_answers_are_signed_with_its_own_key(sandbox: SandboxServer, acct: Account, nonce: Nonces) -> None:
     s = live_spec()
     resp = send(ADAPTER.build_submit(s, acct, nonce()))
     assert resp.status_code == 201 and resp.header("biz-resp-signature")
@@ -770,8 +756,6 @@ def test_cancel_while_pending(acct: Account, nonce: Nonces) -> None:
     s = live_spec("12.59")
     s = with_id(s, submit(s, acct, nonce))
     path = f"/payments/refunds/{s.provider_refund_id}/cancel"
-    req = cobo.signed_request(
-        acct.secret("api_private_key"), "PUT", acct.base_url + path, "/v2" + path, nonce()
-    )
+    req = cobo.signed_request(acct.secret("api_private_key"), "PUT", acct.base_url + path, "/v2" + path, nonce())
     result = ADAPTER.parse_status(s, acct, send(req))
     assert result.status is RefundStatus.FAILED and result.reason == "Cancelled by merchant"

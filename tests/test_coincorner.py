@@ -48,9 +48,7 @@ def make_account(**options: Any) -> Account:
     )
 
 
-def make_spec(
-    order_id: str = "55", amount: str = "10.00", currency: str = "GBP", **fields: Any
-) -> RefundSpec:
+def make_spec(order_id: str = "55", amount: str = "10.00", currency: str = "GBP", **fields: Any) -> RefundSpec:
     return RefundSpec(
         refund_id="rq-1",
         amount=Decimal(amount),
@@ -188,9 +186,7 @@ ERRORS: list[tuple[Response, bool, ErrorKind, float | None]] = [
 
 
 @pytest.mark.parametrize(("resp", "submit", "kind", "retry_after"), ERRORS)
-def test_error_classification(
-    resp: Response, submit: bool, kind: ErrorKind, retry_after: float | None
-) -> None:
+def test_error_classification(resp: Response, submit: bool, kind: ErrorKind, retry_after: float | None) -> None:
     spec, account = make_spec(), make_account()
     parse: Callable[..., Any] = ADAPTER.parse_submit if submit else ADAPTER.parse_status
     with pytest.raises(ProviderError) as info:
@@ -303,8 +299,7 @@ def test_status_lookup_and_get_order_post_the_order_id() -> None:
         request = build(make_spec(), account, 42)
         assert request.url.endswith(f"/api/{endpoint}")
         assert (
-            request.body
-            == f"APIKey={KEY.lower()}&Signature={_independent_signature(42)}&Nonce=42&OrderId=55".encode()
+            request.body == f"APIKey={KEY.lower()}&Signature={_independent_signature(42)}&Nonce=42&OrderId=55".encode()
         )
 
 
@@ -347,9 +342,7 @@ def test_webhook_with_our_key_is_a_poll_hint() -> None:
 
 def test_webhook_status_is_mapped_when_present() -> None:
     body = f"OrderId=55&APIKey={KEY.lower()}&OrderStatus=-5".encode()
-    result = ADAPTER.verify_webhook(
-        {"content-type": "application/x-www-form-urlencoded"}, body, make_account()
-    )
+    result = ADAPTER.verify_webhook({"content-type": "application/x-www-form-urlencoded"}, body, make_account())
     assert result.status is RefundStatus.COMPLETED and result.raw_status == "-5"
 
 
@@ -383,9 +376,7 @@ def nonces() -> Iterator[int]:
 
 
 def send(request: Request, timeout: float = 5.0) -> Response:
-    r = httpx.request(
-        request.method, request.url, headers=dict(request.headers), content=request.body, timeout=timeout
-    )
+    r = httpx.request(request.method, request.url, headers=dict(request.headers), content=request.body, timeout=timeout)
     return Response(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
 
 
@@ -397,9 +388,7 @@ def refunds(sandbox: SandboxServer) -> list[dict[str, Any]]:
     return [r for r in sandbox.ledger()["refunds"] if r["provider"] == "coincorner"]
 
 
-def poll_until(
-    check: Callable[[], StatusResult], done: Callable[[StatusResult], bool], seconds: float = 5.0
-) -> list:
+def poll_until(check: Callable[[], StatusResult], done: Callable[[StatusResult], bool], seconds: float = 5.0) -> list:
     seen: list[RefundStatus] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -411,9 +400,7 @@ def poll_until(
     raise AssertionError(f"not done within {seconds} s; saw {seen}")
 
 
-def test_wrong_secret_is_refused_as_auth(
-    sandbox: SandboxServer, account: Account, nonces: Iterator[int]
-) -> None:
+def test_wrong_secret_is_refused_as_auth(sandbox: SandboxServer, account: Account, nonces: Iterator[int]) -> None:
     wrong = dataclasses.replace(account, secrets={**account.secrets, "api_secret": SecretStr("00" * 16)})
     spec = sandbox_spec()
     resp = send(ADAPTER.build_submit(spec, wrong, next(nonces)))
@@ -424,13 +411,9 @@ def test_wrong_secret_is_refused_as_auth(
     assert refunds(sandbox) == []
 
 
-def test_refund_reaches_completed_on_the_clock(
-    sandbox: SandboxServer, account: Account, nonces: Iterator[int]
-) -> None:
+def test_refund_reaches_completed_on_the_clock(sandbox: SandboxServer, account: Account, nonces: Iterator[int]) -> None:
     spec = sandbox_spec()
-    assert (
-        ADAPTER.parse_lookup(spec, account, send(ADAPTER.build_lookup(spec, account, next(nonces)))) is None
-    )
+    assert ADAPTER.parse_lookup(spec, account, send(ADAPTER.build_lookup(spec, account, next(nonces)))) is None
     accepted = ADAPTER.parse_submit(spec, account, send(ADAPTER.build_submit(spec, account, next(nonces))))
     assert accepted.status is RefundStatus.PENDING and accepted.provider_refund_id == spec.fields["order_id"]
     seen = poll_until(
@@ -475,9 +458,7 @@ def test_timeout_after_commit_then_lookup_finds_it(
     assert (entry["created"], entry["create_calls"]) == (1, 2)
 
 
-def test_second_refund_on_an_order_is_refused(
-    sandbox: SandboxServer, account: Account, nonces: Iterator[int]
-) -> None:
+def test_second_refund_on_an_order_is_refused(sandbox: SandboxServer, account: Account, nonces: Iterator[int]) -> None:
     spec = sandbox_spec()
     ADAPTER.parse_submit(spec, account, send(ADAPTER.build_submit(spec, account, next(nonces))))
     resp = send(ADAPTER.build_submit(spec, account, next(nonces)))
@@ -532,9 +513,7 @@ def test_repeated_or_lower_nonce_is_refused_as_nonce(
     assert send(ADAPTER.build_status(spec, account, nonce + 1)).status_code == 200
 
 
-def test_forged_calls_do_not_burn_nonces(
-    sandbox: SandboxServer, account: Account, nonces: Iterator[int]
-) -> None:
+def test_forged_calls_do_not_burn_nonces(sandbox: SandboxServer, account: Account, nonces: Iterator[int]) -> None:
     wrong = dataclasses.replace(account, secrets={**account.secrets, "api_secret": SecretStr("11" * 16)})
     spec, nonce = sandbox_spec(), next(nonces)
     assert send(ADAPTER.build_status(spec, wrong, nonce + 100)).status_code == 401
@@ -556,9 +535,7 @@ def test_server_error_scenario_is_ambiguous_and_lookup_says_absent(
     with pytest.raises(ProviderError) as info:
         ADAPTER.parse_submit(spec, account, send(ADAPTER.build_submit(spec, account, next(nonces))))
     assert info.value.kind is ErrorKind.AMBIGUOUS
-    assert (
-        ADAPTER.parse_lookup(spec, account, send(ADAPTER.build_lookup(spec, account, next(nonces)))) is None
-    )
+    assert ADAPTER.parse_lookup(spec, account, send(ADAPTER.build_lookup(spec, account, next(nonces)))) is None
     ADAPTER.parse_submit(spec, account, send(ADAPTER.build_submit(spec, account, next(nonces))))
     assert [r["created"] for r in refunds(sandbox)] == [1]
 
@@ -591,9 +568,7 @@ def test_drifted_status_is_reported(sandbox: SandboxServer, account: Account, no
     spec = sandbox_spec()
     ADAPTER.parse_submit(spec, account, send(ADAPTER.build_submit(spec, account, next(nonces))))
     order_id = spec.fields["order_id"]
-    r = httpx.post(
-        f"{sandbox.base_url}/_sandbox/drift/coincorner/{order_id}", json={"status": "-1"}, timeout=5
-    )
+    r = httpx.post(f"{sandbox.base_url}/_sandbox/drift/coincorner/{order_id}", json={"status": "-1"}, timeout=5)
     r.raise_for_status()
     result = ADAPTER.parse_status(spec, account, send(ADAPTER.build_status(spec, account, next(nonces))))
     assert (result.status, result.raw_status) == (RefundStatus.NEEDS_ATTENTION, "-1")

@@ -188,9 +188,7 @@ def test_error_message_is_the_providers_and_never_a_secret() -> None:
     assert "Insufficient balance" in str(info.value)
     assert "sk_unit" not in str(info.value)
     with pytest.raises(ProviderError) as info:
-        ADAPTER.parse_submit(
-            spec(), account(), resp(422, {"error": "Unprocessable", "message": "already refunded"})
-        )
+        ADAPTER.parse_submit(spec(), account(), resp(422, {"error": "Unprocessable", "message": "already refunded"}))
     assert "already refunded" in str(info.value)
 
 
@@ -345,9 +343,7 @@ def test_parse_lookup_found_absent_and_duplicates() -> None:
 # --- webhooks -----------------------------------------------------------------------------------
 
 
-def _webhook(
-    body: bytes, secret: str = "whsec_unit", name: str = "CoinVoyage-Webhook-Signature"
-) -> dict[str, str]:
+def _webhook(body: bytes, secret: str = "whsec_unit", name: str = "CoinVoyage-Webhook-Signature") -> dict[str, str]:
     return {name: cv.webhook_signature(secret, body)}
 
 
@@ -377,9 +373,7 @@ def test_webhook_refuses_bad_signatures() -> None:
         with pytest.raises(ProviderError) as info:
             ADAPTER.verify_webhook(headers, raw, account())
         assert info.value.kind == ErrorKind.AUTH
-    no_secret = dataclasses.replace(
-        account(), secrets={"api_key": SecretStr("k"), "api_secret": SecretStr("s")}
-    )
+    no_secret = dataclasses.replace(account(), secrets={"api_key": SecretStr("k"), "api_secret": SecretStr("s")})
     with pytest.raises(ProviderError) as info:
         ADAPTER.verify_webhook(_webhook(body), body, no_secret)
     assert info.value.kind == ErrorKind.AUTH
@@ -408,25 +402,17 @@ def cv_account(sandbox: SandboxServer) -> Account:
 
 
 def ledger_entry(sandbox: SandboxServer, refund_id: str) -> dict[str, Any]:
-    entries = [
-        e
-        for e in sandbox.ledger()["refunds"]
-        if e["provider"] == "coinvoyage" and e["refund_key"] == refund_id
-    ]
+    entries = [e for e in sandbox.ledger()["refunds"] if e["provider"] == "coinvoyage" and e["refund_key"] == refund_id]
     assert len(entries) == 1, entries
     return entries[0]
 
 
-def poll_until(
-    sandbox: SandboxServer, s: RefundSpec, final: set[RefundStatus], seconds: float = 8
-) -> list[str]:
+def poll_until(sandbox: SandboxServer, s: RefundSpec, final: set[RefundStatus], seconds: float = 8) -> list[str]:
     """Status reads until one of `final`; returns the raw statuses seen. Bounded by a deadline."""
     seen: list[str] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        result = ADAPTER.parse_status(
-            s, cv_account(sandbox), send(ADAPTER.build_status(s, cv_account(sandbox), now()))
-        )
+        result = ADAPTER.parse_status(s, cv_account(sandbox), send(ADAPTER.build_status(s, cv_account(sandbox), now())))
         if not seen or seen[-1] != result.raw_status:
             seen.append(result.raw_status)
         if result.status in final:
@@ -436,9 +422,7 @@ def poll_until(
 
 
 def create(sandbox: SandboxServer, s: RefundSpec) -> RefundSpec:
-    result = ADAPTER.parse_submit(
-        s, cv_account(sandbox), send(ADAPTER.build_submit(s, cv_account(sandbox), now()))
-    )
+    result = ADAPTER.parse_submit(s, cv_account(sandbox), send(ADAPTER.build_submit(s, cv_account(sandbox), now())))
     assert result.provider_refund_id
     return dataclasses.replace(s, provider_refund_id=result.provider_refund_id)
 
@@ -475,9 +459,7 @@ def test_create_then_polls_reach_completed_on_the_clock(sandbox: SandboxServer) 
     assert seen[0] == "PENDING" and seen[-1] == "COMPLETED" and "EXECUTING_ORDER" in seen
     entry = ledger_entry(sandbox, s.refund_id)
     assert (entry["created"], entry["create_calls"], entry["amount"]) == (1, 1, "10.00")
-    final = ADAPTER.parse_status(
-        s, cv_account(sandbox), send(ADAPTER.build_status(s, cv_account(sandbox), now()))
-    )
+    final = ADAPTER.parse_status(s, cv_account(sandbox), send(ADAPTER.build_status(s, cv_account(sandbox), now())))
     assert final.detail["amount"] == "10.00" and final.detail["destination"] == SOL_ADDRESS
     assert final.detail["currency"] == "USD"
 
@@ -492,9 +474,7 @@ def test_action_required_waits_for_funding(sandbox: SandboxServer) -> None:
     time.sleep(0.7)  # two clock steps: without funding it must still wait
     again = ADAPTER.parse_status(s, acct, send(ADAPTER.build_status(s, acct, now())))
     assert again.raw_status == "AWAITING_PAYMENT"
-    httpx.post(
-        f"{sandbox.base_url}/_sandbox/fund/coinvoyage/{first.provider_refund_id}", timeout=5
-    ).raise_for_status()
+    httpx.post(f"{sandbox.base_url}/_sandbox/fund/coinvoyage/{first.provider_refund_id}", timeout=5).raise_for_status()
     assert poll_until(sandbox, s, {RefundStatus.COMPLETED})[-1] == "COMPLETED"
 
 
@@ -502,15 +482,11 @@ def test_action_required_waits_for_funding(sandbox: SandboxServer) -> None:
     ("amount", "final_raw", "via"),
     [("10.51", "FAILED", "EXECUTING_ORDER"), ("10.52", "EXPIRED", "PARTIAL_PAYMENT"), ("10.53", None, None)],
 )
-def test_failure_scenarios(
-    sandbox: SandboxServer, amount: str, final_raw: str | None, via: str | None
-) -> None:
+def test_failure_scenarios(sandbox: SandboxServer, amount: str, final_raw: str | None, via: str | None) -> None:
     if final_raw is None:  # SLOW: still not final after what would finish a normal refund
         s = create(sandbox, spec(amount))
         time.sleep(0.8)
-        r = ADAPTER.parse_status(
-            s, cv_account(sandbox), send(ADAPTER.build_status(s, cv_account(sandbox), now()))
-        )
+        r = ADAPTER.parse_status(s, cv_account(sandbox), send(ADAPTER.build_status(s, cv_account(sandbox), now())))
         assert r.raw_status == "PENDING"
         return
     s = create(sandbox, spec(amount))

@@ -199,9 +199,7 @@ SIGN_ERR = {"state": 1, "message": "Invalid Sign."}
         (answer(b"", 404), False, ErrorKind.REJECTED, None),
     ],
 )
-def test_error_classification(
-    resp: Response, submit: bool, kind: ErrorKind, retry_after: float | None
-) -> None:
+def test_error_classification(resp: Response, submit: bool, kind: ErrorKind, retry_after: float | None) -> None:
     parse: Callable[..., Any] = ADAPTER.parse_submit if submit else ADAPTER.parse_status
     with pytest.raises(ProviderError) as exc:
         parse(spec(), make_account(), resp)
@@ -228,9 +226,9 @@ def test_parse_submit_accepts_state_zero() -> None:
     result = ADAPTER.parse_submit(spec(), make_account(), answer({"state": 0, "result": []}))
     assert result.status is RefundStatus.PENDING and result.provider_refund_id == "order-1"
     both = spec(order_id="order-1", uuid=INVOICE.upper())
-    assert ADAPTER.parse_submit(
-        both, make_account(), answer({"state": 0, "result": []})
-    ).provider_refund_id == (INVOICE.upper())
+    assert ADAPTER.parse_submit(both, make_account(), answer({"state": 0, "result": []})).provider_refund_id == (
+        INVOICE.upper()
+    )
 
 
 # --- validation --------------------------------------------------------------------------------------
@@ -397,9 +395,7 @@ def acct(sandbox: SandboxServer) -> Account:
 
 
 def live_spec(order_id: str, amount: str = "15.00", **fields: Any) -> RefundSpec:
-    return RefundSpec(
-        f"rfd-{time.time_ns()}", Decimal(amount), "USDT", TRON, {"order_id": order_id, **fields}
-    )
+    return RefundSpec(f"rfd-{time.time_ns()}", Decimal(amount), "USDT", TRON, {"order_id": order_id, **fields})
 
 
 def submit(s: RefundSpec, account: Account) -> StatusResult:
@@ -429,12 +425,8 @@ def refunds_in(sandbox: SandboxServer) -> list[dict[str, Any]]:
 
 
 def test_wrong_key_is_refused_in_cryptomus_shape_as_auth(sandbox: SandboxServer, acct: Account) -> None:
-    wrong = Account(
-        acct.name, "cryptomus", acct.base_url, {"api_key": SecretStr("not-the-key")}, acct.options
-    )
-    stranger = Account(
-        acct.name, "cryptomus", acct.base_url, acct.secrets, {**acct.options, "merchant": MERCHANT}
-    )
+    wrong = Account(acct.name, "cryptomus", acct.base_url, {"api_key": SecretStr("not-the-key")}, acct.options)
+    stranger = Account(acct.name, "cryptomus", acct.base_url, acct.secrets, {**acct.options, "merchant": MERCHANT})
     s = live_spec("o-auth")
     for account in (wrong, stranger):
         resp = send(ADAPTER.build_submit(s, account, 0))
@@ -467,9 +459,7 @@ def test_invoice_named_by_uuid_and_order_id(sandbox: SandboxServer, acct: Accoun
     s = live_spec("o-both", uuid=INVOICE)
     submit(s, acct)
     found = lookup(s, acct)
-    assert (
-        found is not None and found.detail["invoice_uuid"] == INVOICE and found.provider_refund_id == INVOICE
-    )
+    assert found is not None and found.detail["invoice_uuid"] == INVOICE and found.provider_refund_id == INVOICE
     [entry] = refunds_in(sandbox)
     assert entry["refund_key"] == INVOICE
 
@@ -495,9 +485,7 @@ def test_one_refund_per_invoice(sandbox: SandboxServer, acct: Account) -> None:
         ("o-sbx59", RefundStatus.COMPLETED, "refund_paid"),  # ACTION_REQUIRED: no counterpart, NORMAL
     ],
 )
-def test_scenario_outcomes(
-    sandbox: SandboxServer, acct: Account, order_id: str, final: RefundStatus, raw: str
-) -> None:
+def test_scenario_outcomes(sandbox: SandboxServer, acct: Account, order_id: str, final: RefundStatus, raw: str) -> None:
     submit(live_spec(order_id), acct)
     assert poll_until(live_spec(order_id), acct, lambda r: r.status is final)[-1] == raw
 
@@ -525,9 +513,7 @@ def test_rejected_scenario(sandbox: SandboxServer, acct: Account) -> None:
 
 
 def test_validation_errors_come_in_laravel_shape(sandbox: SandboxServer, acct: Account) -> None:
-    req = cm.json_request(
-        f"{acct.base_url}/v1/payment/refund", acct.option("merchant"), acct.secret("api_key"), {}
-    )
+    req = cm.json_request(f"{acct.base_url}/v1/payment/refund", acct.option("merchant"), acct.secret("api_key"), {})
     resp = send(req)
     body = json.loads(resp.body)
     assert resp.status_code == 422 and body["errors"]["order_id"] == ["validation.required_without"]
@@ -606,9 +592,7 @@ def test_drift_shows_in_payment_info(sandbox: SandboxServer, acct: Account) -> N
 
 def test_history_lists_refunded_invoices(sandbox: SandboxServer, acct: Account) -> None:
     submit(live_spec("o-hist"), acct)
-    req = cm.json_request(
-        f"{acct.base_url}/{cm.LIST_PATH}", acct.option("merchant"), acct.secret("api_key"), {}
-    )
+    req = cm.json_request(f"{acct.base_url}/{cm.LIST_PATH}", acct.option("merchant"), acct.secret("api_key"), {})
     assert req.body == b"[]"  # the PHP SDK's empty parameters
     body = json.loads(send(req).body)
     assert [i["order_id"] for i in body["result"]["items"]] == ["o-hist"]

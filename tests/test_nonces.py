@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 
+from pydantic import SecretStr
 from redis import Redis
 
 from config.accounts import Account
 from providers.base import NoncePolicy, NonceUnit
-from pydantic import SecretStr
 from tests.conftest import TEST_REDIS_URL
 from worker.nonces import NonceAllocator, clock
 

@@ -121,8 +121,12 @@ def test_intake_from_a_plain_celery_client(stack_factory: Any, sandbox: Any, pg_
     good = [cobo(i, 0, run) for i in range(3)]
     bad = {**cobo(99, 0, run), "amount": "-1.00"}
     payloads = [*good, good[0], bad]  # good[0] twice: one refund
-    subprocess.run([sys.executable, "-I", "-c", PLAIN_CELERY_PRODUCER, TEST_REDIS_URL, json.dumps(payloads)],
-                   check=True, timeout=30, cwd="/")
+    subprocess.run(
+        [sys.executable, "-I", "-c", PLAIN_CELERY_PRODUCER, TEST_REDIS_URL, json.dumps(payloads)],
+        check=True,
+        timeout=30,
+        cwd="/",
+    )
     rt = make_runtime(pg_url, sandbox.accounts_file)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -109,8 +109,13 @@ def test_accepted_when_the_broker_is_down(rt: Any, monkeypatch: pytest.MonkeyPat
 
 def test_one_live_refund_per_invoice(rt: Any) -> None:
     """Cryptomus refunds a whole invoice once: a second refund for it is refused before sending."""
-    base = {"provider": "cryptomus", "account": "cryptomus-sandbox", "currency": "USDT",
-            "destination": "TNPeeaaFB7K9cmo4uQpcU32zGK8G1NYqeL", "amount": "15.00"}
+    base = {
+        "provider": "cryptomus",
+        "account": "cryptomus-sandbox",
+        "currency": "USDT",
+        "destination": "TNPeeaaFB7K9cmo4uQpcU32zGK8G1NYqeL",
+        "amount": "15.00",
+    }
     persist({**base, "idempotency_key": "k1", "fields": {"order_id": "inv-9"}}, rt)
     with pytest.raises(ValidationFailed, match="one refund per invoice"):
         persist({**base, "idempotency_key": "k2", "fields": {"order_id": "inv-9"}}, rt)

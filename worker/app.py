@@ -84,9 +84,7 @@ def check_invariants(conf: Any) -> list[str]:
         problems.append(f"the longest countdown ({countdown}s) must be below the visibility timeout ({vt}s)")
     budget = conf.get("refundq_http_budget", 0)
     if soft and budget >= soft:
-        problems.append(
-            f"HTTP connect+read timeouts ({budget}s) must be below task_soft_time_limit ({soft}s)"
-        )
+        problems.append(f"HTTP connect+read timeouts ({budget}s) must be below task_soft_time_limit ({soft}s)")
     lease = conf.get("refundq_lease_seconds", 0)
     if hard and lease <= hard:
         problems.append(f"lease_seconds ({lease}s) must exceed task_time_limit ({hard}s)")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,9 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(
-    help="refundq: submit crypto refunds once, follow them to a final status.", no_args_is_help=True
-)
+app = typer.Typer(help="refundq: submit crypto refunds once, follow them to a final status.", no_args_is_help=True)
 refund_app = typer.Typer(help="Create and inspect refunds.", no_args_is_help=True)
 app.add_typer(refund_app, name="refund")
 console = Console()
@@ -251,10 +247,5 @@ def refund_list(status: Annotated[str | None, typer.Option()] = None, limit: int
     console.print(table)
 
 
-def main() -> None:
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    app()

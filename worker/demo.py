@@ -33,14 +33,14 @@ SCENARIOS = [0, 0, 0, 0, 51, 52, 54, 55, 56, 58]
 
 def demo_requests(n: int, accounts_suffix: str = "sandbox") -> list[dict[str, Any]]:
     run = f"{int(time.time())}-{random.randrange(10**6)}"
-    out = []
+    out: list[dict[str, Any]] = []
     for i in range(n):
         provider = ("cobo", "coincorner", "coinvoyage", "cryptomus")[i % 4]
         code = SCENARIOS[(i // 4) % len(SCENARIOS)]
         amount = Decimal(10 + i) + Decimal(code) / 100
         order = f"demo-{run}-{i}" + (f"-sbx{code:02d}" if code else "")
         fields: dict[str, Any] = {
-            "cobo": {},
+            "cobo": dict[str, Any](),
             "coincorner": {"order_id": order},
             "coinvoyage": {"payorder_id": order, "chain_id": 30000000000001},
             "cryptomus": {"order_id": order, "network": "tron"},
@@ -73,9 +73,7 @@ def _table(rows: list[Any], elapsed: float) -> Table:
     for col in ("provider", "amount", "status", "provider status", "attempts", "reason"):
         table.add_column(col)
     for r in rows:
-        style = {"completed": "green", "failed": "red", "rejected": "red", "needs_attention": "yellow"}.get(
-            r.status
-        )
+        style = {"completed": "green", "failed": "red", "rejected": "red", "needs_attention": "yellow"}.get(r.status)
         status = f"[{style}]{r.status}[/{style}]" if style else r.status
         table.add_row(
             r.provider,
@@ -144,9 +142,7 @@ def run_demo(n: int, timeout: float, console: Console) -> int:
                     # A person funds the CoinVoyage refund pay-order in the sandbox.
                     for r in rows:
                         if r.status == "action_required" and r.provider_refund_id:
-                            httpx.post(
-                                f"http://127.0.0.1:{port}/_sandbox/fund/{r.provider}/{r.provider_refund_id}"
-                            )
+                            httpx.post(f"http://127.0.0.1:{port}/_sandbox/fund/{r.provider}/{r.provider_refund_id}")
                     funded = True
                 if all(r.status in FINAL for r in rows) or elapsed > timeout:
                     break

@@ -104,9 +104,7 @@ class Engine:
         log.info("status", frm=frm.value, to=to.value, reason=kwargs.get("reason"))
         return True
 
-    def _later(
-        self, refund: Refund, status: S, seconds: float, error: str | None = None, **values: Any
-    ) -> None:
+    def _later(self, refund: Refund, status: S, seconds: float, error: str | None = None, **values: Any) -> None:
         changes: dict[str, Any] = {"next_action_at": utcnow() + timedelta(seconds=seconds), **values}
         if error is not None:
             changes["last_error"] = redact(error)[:2000]
@@ -211,9 +209,7 @@ class Engine:
         raise AssertionError("unreachable")
 
     def _requeue(self, refund: Refund, error: str, retry_after: float | None = None) -> str:
-        delay = max(
-            retry_after or 0.0, backoff(refund.attempts, self.settings.retry_initial, self.settings.retry_max)
-        )
+        delay = max(retry_after or 0.0, backoff(refund.attempts, self.settings.retry_initial, self.settings.retry_max))
         self._move(
             refund,
             S.SUBMITTING,
@@ -255,11 +251,7 @@ class Engine:
                 values={"next_action_at": None, "last_error": message},
             )
             return S.NEEDS_ATTENTION.value
-        why = (
-            "provider refused our credentials (check the account's keys)"
-            if kind is ErrorKind.AUTH
-            else "refused"
-        )
+        why = "provider refused our credentials (check the account's keys)" if kind is ErrorKind.AUTH else "refused"
         # A refused refund frees its invoice for a corrected one.
         self._move(
             refund,
@@ -366,9 +358,7 @@ class Engine:
                 return S.NEEDS_ATTENTION.value
             return self._apply_status(refund, status, result, response, delay)
 
-    def _apply_status(
-        self, refund: Refund, status: S, result: StatusResult, response: Response, delay: float
-    ) -> str:
+    def _apply_status(self, refund: Refund, status: S, result: StatusResult, response: Response, delay: float) -> str:
         if result.status is status:
             values: dict[str, Any] = {
                 "polls": refund.polls + 1,
@@ -387,9 +377,7 @@ class Engine:
                 store.touch(conn, refund.id, status, values)
             return status.value
         if not allowed(status, result.status):
-            reason = (
-                f"provider moved the refund {status.value} -> {result.status.value} ({result.raw_status})"
-            )
+            reason = f"provider moved the refund {status.value} -> {result.status.value} ({result.raw_status})"
             self._move(
                 refund,
                 status,
@@ -446,9 +434,7 @@ def publish(sends: Sequence[str], poll_groups: Sequence[Sequence[str]]) -> None:
 
     with celery_app.producer_or_acquire() as producer:
         for refund_id in sends:
-            celery_app.send_task(
-                "refundq.submit", args=[refund_id], queue="refundq.submit", producer=producer
-            )
+            celery_app.send_task("refundq.submit", args=[refund_id], queue="refundq.submit", producer=producer)
         for group in poll_groups:
             celery_app.send_task("refundq.poll", args=[list(group)], queue="refundq.poll", producer=producer)
 

@@ -1,9 +1,17 @@
--- Next nonce for one API key: strictly greater than every nonce issued before, and never
--- behind the clock, so it stays valid even after Redis lost the counter (the clock is the floor).
--- KEYS[1] counter key; ARGV[1] now in the provider's unit. Values stay below 2^53 (exact in Lua).
-local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+-- Next nonce for one API key. The nonce is the clock itself, never ahead of it, and strictly
+-- greater than every nonce issued before. Never running ahead of the clock is what keeps
+-- nonces valid after Redis loses the counter (FLUSHALL, failover): the clock is the floor.
+-- KEYS[1] counter; ARGV[1] now in the provider's unit. Returns {1, nonce} or {0, units to wait}.
 local now = tonumber(ARGV[1])
-local nxt = last + 1
-if now > nxt then nxt = now end
-redis.call('SET', KEYS[1], string.format('%d', nxt))
-return string.format('%d', nxt)
+local stored = redis.call('GET', KEYS[1])
+if not stored then
+  -- A lost counter: a nonce was perhaps issued in this very unit. Mark it used and wait one.
+  redis.call('SET', KEYS[1], string.format('%d', now))
+  return {0, '1'}
+end
+local last = tonumber(stored)
+if now <= last then
+  return {0, string.format('%d', last - now + 1)}
+end
+redis.call('SET', KEYS[1], string.format('%d', now))
+return {1, string.format('%d', now)}

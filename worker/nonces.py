@@ -40,4 +40,10 @@ class NonceAllocator:
             # without running ahead of the provider's clock window; send the clock as is.
             return now
         key = f"{self._prefix}:nonce:{account.provider}:{key_id(account)}"
-        return int(self._script(keys=[key], args=[now]))
+        # One nonce per clock unit per key at most (1,000/s in ms): far above any provider's limit.
+        for _ in range(1000):
+            issued, value = self._script(keys=[key], args=[clock(unit)])
+            if int(issued):
+                return int(value)
+            time.sleep(min(int(value) / _SCALE[unit], 0.05))
+        raise TimeoutError(f"no nonce for {account.name}: the counter is far ahead of this machine's clock")

@@ -102,9 +102,7 @@ def transition(
     changes: dict[str, Any] = {"status": to.value, "updated_at": now, **(values or {})}
     if provider_status is not None:
         changes["provider_status"] = provider_status
-    result = conn.execute(
-        update(refund_table).where(R.id == refund_id, R.status == frm.value).values(**changes)
-    )
+    result = conn.execute(update(refund_table).where(R.id == refund_id, R.status == frm.value).values(**changes))
     if result.rowcount != 1:
         raise LostRace(refund_id, frm, to)
     conn.execute(
@@ -123,16 +121,12 @@ def transition(
 def touch(conn: Connection, refund_id: str, status: RefundStatus, values: Mapping[str, Any]) -> bool:
     """Update non-status columns, guarded by the status we believe it has. False if it moved."""
     result = conn.execute(
-        update(refund_table)
-        .where(R.id == refund_id, R.status == status.value)
-        .values(updated_at=utcnow(), **values)
+        update(refund_table).where(R.id == refund_id, R.status == status.value).values(updated_at=utcnow(), **values)
     )
     return result.rowcount == 1
 
 
-def add_event(
-    conn: Connection, refund_id: str, status: RefundStatus, reason: str, response: Any = None
-) -> None:
+def add_event(conn: Connection, refund_id: str, status: RefundStatus, reason: str, response: Any = None) -> None:
     """A fact that is not a status change (drift found, lookup outcome): from == to."""
     conn.execute(
         insert(event_table).values(
@@ -195,9 +189,7 @@ def events(conn: Connection, refund_id: str) -> list[dict[str, Any]]:
     return [dict(r._mapping) for r in conn.execute(query)]
 
 
-def record_rejected_intake(
-    conn: Connection, key: str | None, payload: Mapping[str, Any], reasons: list[str]
-) -> None:
+def record_rejected_intake(conn: Connection, key: str | None, payload: Mapping[str, Any], reasons: list[str]) -> None:
     conn.execute(
         insert(rejected_intake_table).values(
             idempotency_key=key, payload=scrub(dict(payload)), reasons=reasons, created_at=utcnow()

@@ -35,7 +35,7 @@ class RefundRequest(BaseModel):
     @classmethod
     def _amount(cls, value: Any) -> Decimal:
         # Floats have already lost cents by the time they reach us (0.1 + 0.2); refuse them.
-        if isinstance(value, bool) or isinstance(value, float):
+        if isinstance(value, bool | float):
             raise ValueError('must be a decimal string such as "12.50", not a float')
         if isinstance(value, int):
             value = Decimal(value)
@@ -47,9 +47,7 @@ class RefundRequest(BaseModel):
             if text.startswith("-") and _PLAIN_DECIMAL.match(text[1:]):
                 raise ValueError("must be greater than zero")
             if not _PLAIN_DECIMAL.match(text):
-                raise ValueError(
-                    'must be a plain decimal string such as "12.50" (no sign, exponent or spaces)'
-                )
+                raise ValueError('must be a plain decimal string such as "12.50" (no sign, exponent or spaces)')
             try:
                 value = Decimal(text)
             except InvalidOperation:
@@ -107,9 +105,7 @@ def validate(request: RefundRequest, accounts: Accounts) -> list[FieldError]:
     if account is None:
         return [FieldError("account", f"unknown account {request.account!r}")]
     if account.provider != request.provider:
-        return [
-            FieldError("account", f"account {request.account!r} belongs to provider {account.provider!r}")
-        ]
+        return [FieldError("account", f"account {request.account!r} belongs to provider {account.provider!r}")]
     errors = [] if request.destination else [FieldError("destination", "must not be empty")]
     try:
         errors += get_adapter(request.provider).validate(request.spec("validation"), account)

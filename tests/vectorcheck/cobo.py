@@ -40,13 +40,9 @@ def check_request(inputs: Mapping[str, Any], expected: Mapping[str, Any]) -> Non
     )
     # diagnostics first: they locate a mismatch better than a signature does
     query = cobo.encode_query(query_params)
-    text = cobo.string_to_sign(
-        inputs["method"], inputs["path"], inputs["timestamp_ms"], query, inputs["body"]
-    )
+    text = cobo.string_to_sign(inputs["method"], inputs["path"], inputs["timestamp_ms"], query, inputs["body"])
     assert text == expected["string_to_sign"], "string_to_sign differs"
-    assert cobo.sha256d(text.encode("utf-8")).hex() == expected["digest_sha256d_hex"].lower(), (
-        "digest differs"
-    )
+    assert cobo.sha256d(text.encode("utf-8")).hex() == expected["digest_sha256d_hex"].lower(), "digest differs"
 
     headers = expected["headers"]
     assert isinstance(headers, dict), "expected.headers must be an object"

@@ -26,9 +26,7 @@ def _check(endpoint_name: str) -> Any:
         api_key, api_secret, user_id = inputs["api_key"], inputs["api_secret"], inputs["user_id"]
         nonce, params = inputs["nonce"], inputs["params"]
         assert isinstance(nonce, int) and not isinstance(nonce, bool), "inputs.nonce must be a JSON integer"
-        assert isinstance(params, dict) and all(isinstance(v, str) for v in params.values()), (
-            "params: strings"
-        )
+        assert isinstance(params, dict) and all(isinstance(v, str) for v in params.values()), "params: strings"
         # context: the kind names the endpoint, the method is POST
         assert inputs["method"] == "POST"
         assert str(inputs["endpoint"]).rstrip("/").rsplit("/", 1)[-1] == endpoint_name

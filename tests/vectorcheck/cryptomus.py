@@ -33,9 +33,7 @@ def _check_request(inputs: Mapping[str, Any], expected: Mapping[str, Any]) -> No
         assert encoded == body, f"PHP-style encoding differs: ours {encoded!r}, the vector {body!r}"
         request = cm.json_request(inputs["url"], inputs["merchant"], inputs["api_key"], inputs["data"])
     else:
-        request = cm.signed_request(
-            inputs["url"], inputs["merchant"], inputs["api_key"], body.encode("utf-8")
-        )
+        request = cm.signed_request(inputs["url"], inputs["merchant"], inputs["api_key"], body.encode("utf-8"))
     assert request.body == body.encode("utf-8"), "the request body is not the vector's body byte for byte"
     assert request.method == "POST"
 
@@ -64,16 +62,12 @@ def _check_webhook(inputs: Mapping[str, Any], expected: Mapping[str, Any]) -> No
     assert computed == str(expected["sign"]).lower(), (
         f"computed sign differs; we hashed {signed!r}, the vector {expected['signed_json_without_sign']!r}"
     )
-    assert cm.verify_webhook_signature(raw.encode("utf-8"), key) is expected["verify_valid"], (
-        "verify(raw_body)"
-    )
+    assert cm.verify_webhook_signature(raw.encode("utf-8"), key) is expected["verify_valid"], "verify(raw_body)"
     got = cm.verify_webhook_signature(tampered.encode("utf-8"), key)
     assert got is expected["verify_tampered"], "verify(tampered_raw_body)"
     if expected["verify_tampered"] is False:
         # The adapter entry point refuses it too, as an AUTH error.
-        account = Account(
-            "vector", "cryptomus", "http://sandbox.invalid", secrets={"api_key": SecretStr(key)}
-        )
+        account = Account("vector", "cryptomus", "http://sandbox.invalid", secrets={"api_key": SecretStr(key)})
         with pytest.raises(ProviderError) as refused:
             cm.ADAPTER.verify_webhook({}, tampered.encode("utf-8"), account)
         assert refused.value.kind == ErrorKind.AUTH
