@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import fields
@@ -13,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config.accounts import Accounts
 from sandbox.core import SandboxConfig, SandboxState, load_sandbox_secrets
@@ -22,7 +24,7 @@ PROVIDERS = ("cobo", "coincorner", "coinvoyage", "cryptomus")
 
 def create_app(
     accounts: Accounts, config: SandboxConfig | None = None, *, accounts_file: Path | None = None
-) -> Starlette:
+) -> ASGIApp:
     """`accounts_file` may carry a [sandbox] table with the sandbox's own Cobo response key."""
     state = SandboxState(accounts, config, sandbox_secrets=load_sandbox_secrets(accounts_file))
 
@@ -90,4 +92,17 @@ def create_app(
         routes.append(Mount(f"/{provider}", routes=module.routes(state)))
     app = Starlette(routes=routes)
     app.state.sandbox = state
-    return app
+    return _with_latency(app, state)
+
+
+def _with_latency(app: Starlette, state: SandboxState) -> ASGIApp:
+    """Delay provider calls (not `/_sandbox/*`) by `latency_seconds`, like a provider's round trip."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        delay = state.config.latency_seconds
+        if delay and scope["type"] == "http" and not scope["path"].startswith("/_sandbox"):
+            await asyncio.sleep(delay)
+        await app(scope, receive, send)
+
+    wrapped.state = app.state  # type: ignore[attr-defined]
+    return wrapped

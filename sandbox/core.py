@@ -64,6 +64,7 @@ class Phase(IntEnum):
 @dataclass
 class SandboxConfig:
     step_seconds: float = 1.0  # time in each non-final phase
+    latency_seconds: float = 0.0  # added to every provider call (benchmarks: a provider's round trip)
     hang_seconds: float = 60.0  # how long a timeout-after-commit create keeps the client waiting
     timestamp_window_ms: int = 300_000  # Cobo / CoinVoyage: stale timestamps are refused
     strict_nonce: dict[str, bool] = field(default_factory=dict)  # provider -> enforce increasing nonces

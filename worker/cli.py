@@ -90,6 +90,7 @@ def sandbox(
     accounts: Annotated[Path, typer.Option(help="accounts TOML the sandbox trusts")] = Path("accounts.toml"),
     step: Annotated[float, typer.Option(help="seconds per lifecycle phase")] = 1.0,
     hang: Annotated[float, typer.Option(help="seconds a timeout-after-commit create hangs")] = 30.0,
+    latency: Annotated[float, typer.Option(help="seconds added to every provider call")] = 0.0,
 ) -> None:
     """Serve the four provider emulators (never a real provider)."""
     import uvicorn
@@ -99,7 +100,7 @@ def sandbox(
     from sandbox.core import SandboxConfig
 
     application = create_app(
-        load_accounts(accounts), SandboxConfig(step_seconds=step, hang_seconds=hang), accounts_file=accounts
+        load_accounts(accounts), SandboxConfig(step_seconds=step, hang_seconds=hang, latency_seconds=latency), accounts_file=accounts
     )
     uvicorn.run(application, host=host, port=port, log_level="warning", lifespan="off")
 
