@@ -100,7 +100,9 @@ def sandbox(
     from sandbox.core import SandboxConfig
 
     application = create_app(
-        load_accounts(accounts), SandboxConfig(step_seconds=step, hang_seconds=hang, latency_seconds=latency), accounts_file=accounts
+        load_accounts(accounts),
+        SandboxConfig(step_seconds=step, hang_seconds=hang, latency_seconds=latency),
+        accounts_file=accounts,
     )
     uvicorn.run(application, host=host, port=port, log_level="warning", lifespan="off")
 
