@@ -109,6 +109,10 @@ def run_demo(n: int, timeout: float, console: Console) -> int:
             "REFUNDQ_RETRY_MAX": "2",
             "REFUNDQ_HTTP_READ_TIMEOUT": "2",
             "REFUNDQ_PUBLISH_GRACE": "5",
+            # Demo time: a funded refund is noticed within a second, and a partial refund is handed
+            # to an operator (needs_attention) after 5 s instead of 24 h.
+            "REFUNDQ_ACTION_REQUIRED_POLL": "1",
+            "REFUNDQ_PARTIAL_DEADLINE_HOURS": str(5 / 3600),
             "REFUNDQ_LOG_LEVEL": "INFO",
         }
         os.environ.update(env)
@@ -138,7 +142,7 @@ def run_demo(n: int, timeout: float, console: Console) -> int:
                 rows = _load(rt, ids)
                 elapsed = time.monotonic() - started
                 live.update(_table(rows, elapsed))
-                if not funded and any(r.status == "action_required" for r in rows) and elapsed > 6:
+                if not funded and any(r.status == "action_required" for r in rows) and elapsed > 4:
                     # A person funds the CoinVoyage refund pay-order in the sandbox.
                     for r in rows:
                         if r.status == "action_required" and r.provider_refund_id:
