@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     action_required_deadline_hours: float = 168.0
     action_required_poll: float = 600.0
 
+    # Shared per-key / per-account limits (issue #4). The ordered lane's TTL is connect + read
+    # timeout + lane_ttl_margin, so it always outlives a request (a dead holder loses it then).
+    lane_wait: float = Field(default=5.0, ge=0)  # longest wait for a key's ordered send lane
+    lane_ttl_margin: float = Field(default=5.0, gt=0)
+    # A wait for a rate token longer than this gives the refund back to the schedule (no sleeping).
+    throttle_giveback: float = Field(default=2.0, ge=0)
+    breaker_threshold: int = Field(default=5, ge=1)  # consecutive failures that open the breaker
+    breaker_cooldown: float = Field(default=30.0, gt=0)  # seconds open before a half-open probe
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

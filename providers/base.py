@@ -47,7 +47,8 @@ class ErrorKind(StrEnum):
     RETRYABLE = "retryable"  # nothing happened at the provider; safe to send again later
     RATE_LIMITED = "rate_limited"  # like retryable, honour retry_after
     NONCE = "nonce"  # the provider refused the nonce; not executed; re-sign with a fresh one
-    AUTH = "auth"  # credentials/signature refused: configuration problem, never loop
+    AUTH = "auth"  # credentials/signature refused: a send becomes rejected (never loops); reads
+    # back off until the deadline, so fixing the account's keys resumes them
     REJECTED = "rejected"  # the provider refused the refund itself (validation, balance, ...)
     AMBIGUOUS = "ambiguous"  # may or may not have been executed: look it up before any resend
     UNMAPPED = "unmapped"  # the provider answered with a status we do not know

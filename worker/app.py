@@ -23,6 +23,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": settings.redis_url,
         "broker_transport_options": vt,
         "result_backend_transport_options": vt,
+        # Also top level: some kombu/celery code paths read it there (celery #7651).
         "visibility_timeout": settings.visibility_timeout,
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
@@ -88,6 +89,9 @@ def check_invariants(conf: Any) -> list[str]:
     lease = conf.get("refundq_lease_seconds", 0)
     if hard and lease <= hard:
         problems.append(f"lease_seconds ({lease}s) must exceed task_time_limit ({hard}s)")
+    if lease <= budget:
+        # The claim is renewed before each send; one send must fit in one lease.
+        problems.append(f"lease_seconds ({lease}s) must exceed one HTTP call's connect+read timeouts ({budget}s)")
     return problems
 
 

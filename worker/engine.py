@@ -8,6 +8,7 @@ means another worker already acted: we stop, we never send on a stale belief.
 from __future__ import annotations
 
 import random
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -111,12 +112,12 @@ class Engine:
         with self.rt.engine.begin() as conn:
             store.touch(conn, refund.id, status, changes)
 
-    def _deadline_for(self, status: S, refund: Refund, now: datetime) -> datetime:
+    def _status_deadline(self, status: S, now: datetime) -> datetime | None:
         if status is S.PARTIALLY_COMPLETED:
             return now + timedelta(hours=self.settings.partial_deadline_hours)
         if status is S.ACTION_REQUIRED:
             return now + timedelta(hours=self.settings.action_required_deadline_hours)
-        return refund.deadline
+        return None
 
     def _poll_delay(self, status: S, polls: int) -> float:
         if status is S.ACTION_REQUIRED:
@@ -131,12 +132,15 @@ class Engine:
             "polls": 0,
             "last_error": None,
             "detail": {**refund.detail, **result.detail},
-            "deadline": self._deadline_for(to, refund, now),
+            "status_deadline": self._status_deadline(to, now),
             "next_action_at": None if is_terminal(to) else now + timedelta(seconds=self._poll_delay(to, 0)),
         }
         if result.provider_refund_id:
             values["provider_refund_id"] = result.provider_refund_id
         reason = why if not result.reason else f"{why}: {result.reason}"
+        if not allowed(frm, to):
+            to, reason = S.NEEDS_ATTENTION, f"provider reported {result.raw_status} ({to.value}) while {frm.value}"
+            values["next_action_at"] = None
         self._move(
             refund,
             frm,
@@ -190,6 +194,14 @@ class Engine:
     def _send(self, refund: Refund) -> str:
         adapter, account, spec = self._parts(refund)
         for resign in range(NONCE_RESIGNS + 1):
+            # Renew the claim before every send. The threads pool enforces no time limit, so a
+            # slow task must prove it still holds the row; if the dispatcher took it over
+            # (lease expired -> unknown), sending now could pay twice.
+            lease = utcnow() + timedelta(seconds=self.settings.lease_seconds)
+            with self.rt.engine.begin() as conn:
+                if not store.touch(conn, refund.id, S.SUBMITTING, {"next_action_at": lease}):
+                    log.warning("claim_lost_before_send")
+                    return "claim_lost"
             nonce = self.rt.nonces.next(account, adapter.nonce_policy, adapter.nonce_unit)
             request = adapter.build_submit(spec, account, nonce)
             try:
@@ -267,6 +279,15 @@ class Engine:
     # --- unknown: look up before any resend -----------------------------------------------------
 
     def _resolve_unknown(self, refund: Refund) -> str:
+        if utcnow() > refund.deadline:
+            self._move(
+                refund,
+                S.UNKNOWN,
+                S.NEEDS_ATTENTION,
+                values={"next_action_at": None},
+                reason="deadline passed before the provider could tell whether it has this refund",
+            )
+            return S.NEEDS_ATTENTION.value
         adapter, account, spec = self._parts(refund)
         request = adapter.build_lookup(
             spec, account, self.rt.nonces.next(account, adapter.nonce_policy, adapter.nonce_unit)
@@ -306,7 +327,16 @@ class Engine:
     # --- poll ------------------------------------------------------------------------------------
 
     def poll(self, refund_ids: Sequence[str]) -> dict[str, str]:
-        return {refund_id: self.poll_one(refund_id) for refund_id in refund_ids}
+        """Poll a batch within the soft time limit (the threads pool enforces none); the rest of
+        the batch stays claimed until its lease ends, then the dispatcher sends it again."""
+        budget_end = time.monotonic() + self.settings.task_soft_time_limit
+        out = {}
+        for refund_id in refund_ids:
+            if time.monotonic() > budget_end:
+                out[refund_id] = "deferred"
+                continue
+            out[refund_id] = self.poll_one(refund_id)
+        return out
 
     def poll_one(self, refund_id: str) -> str:
         refund = self._load(refund_id)
@@ -316,7 +346,7 @@ class Engine:
         if status not in POLLED:
             return "skipped"
         with _bound(refund):
-            if utcnow() > refund.deadline:
+            if utcnow() > (refund.status_deadline or refund.deadline):
                 self._move(
                     refund,
                     status,

@@ -97,6 +97,8 @@ class Refund(SQLModel, table=True):
     polls: int = 0  # polls since the last status change (drives the backoff)
     next_action_at: datetime | None = Field(default=None, sa_column=Column(TZDateTime(), nullable=True))
     deadline: datetime = Field(sa_column=Column(TZDateTime(), nullable=False))
+    # Own deadline of partially_completed / action_required, which wait longer or shorter.
+    status_deadline: datetime | None = Field(default=None, sa_column=Column(TZDateTime(), nullable=True))
     last_error: str | None = Field(default=None, max_length=2000)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(TZDateTime(), nullable=False))

@@ -12,7 +12,10 @@ from config.accounts import Accounts, load_accounts
 from config.logging import configure_logging, register_secrets
 from config.settings import Settings, get_settings
 from worker.db import get_engine
+from worker.breaker import Breaker
+from worker.lane import Lane
 from worker.nonces import NonceAllocator
+from worker.ratelimit import RateLimiter
 from worker.transport import Transport
 
 
@@ -32,6 +35,31 @@ class Runtime:
     @cached_property
     def nonces(self) -> NonceAllocator:
         return NonceAllocator(self.redis, self.settings.redis_prefix)
+
+    @cached_property
+    def lane(self) -> Lane:
+        s = self.settings
+        return Lane(
+            self.redis,
+            s.redis_prefix,
+            ttl=s.http_connect_timeout + s.http_read_timeout + s.lane_ttl_margin,
+            wait=s.lane_wait,
+        )
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.redis, self.settings.redis_prefix)
+
+    @cached_property
+    def breaker(self) -> Breaker:
+        s = self.settings
+        return Breaker(
+            self.redis,
+            s.redis_prefix,
+            threshold=s.breaker_threshold,
+            cooldown=s.breaker_cooldown,
+            probe_ttl=s.http_connect_timeout + s.http_read_timeout + s.lane_ttl_margin,
+        )
 
     @cached_property
     def transport(self) -> Transport:

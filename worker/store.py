@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, func, insert, select, update
 
 from config.logging import scrub
 from providers.base import RefundStatus
@@ -200,11 +200,3 @@ def record_rejected_intake(conn: Connection, key: str | None, payload: Mapping[s
 def rejected_intakes(conn: Connection, key: str) -> list[dict[str, Any]]:
     query = select(rejected_intake_table).where(rejected_intake_table.c.idempotency_key == key)
     return [dict(r._mapping) for r in conn.execute(query)]
-
-
-def stale(conn: Connection, statuses: Iterable[RefundStatus], before: datetime) -> list[str]:
-    query = select(R.id).where(
-        R.status.in_([s.value for s in statuses]),
-        or_(R.next_action_at.is_(None), and_(R.next_action_at <= before)),
-    )
-    return [r.id for r in conn.execute(query)]

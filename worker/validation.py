@@ -92,6 +92,8 @@ def _pydantic_errors(exc: ValidationError) -> list[FieldError]:
 def parse_request(data: RefundRequest | Mapping[str, Any]) -> RefundRequest:
     if isinstance(data, RefundRequest):
         return data
+    if not isinstance(data, Mapping):
+        raise ValidationFailed([FieldError("request", f"must be a JSON object, not {type(data).__name__}")])
     try:
         return RefundRequest.model_validate(dict(data))
     except ValidationError as exc:

@@ -40,6 +40,7 @@ def upgrade() -> None:
     sa.Column('polls', sa.Integer(), nullable=False),
     sa.Column('next_action_at', worker.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('deadline', worker.models.TZDateTime(timezone=True), nullable=False),
+    sa.Column('status_deadline', worker.models.TZDateTime(timezone=True), nullable=True),
     sa.Column('last_error', sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=True),
     sa.Column('detail', sa.JSON(), nullable=False),
     sa.Column('created_at', worker.models.TZDateTime(timezone=True), nullable=False),

@@ -1,0 +1,60 @@
+"""Engine rules that need no worker process: against the sandbox over HTTP and a real database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from providers.base import RefundStatus as S
+from tests.conftest import make_runtime
+from worker import store
+from worker.engine import Engine, intake
+from worker.producer import persist
+
+
+@pytest.fixture
+def rt(sandbox: Any, sqlite_url: str) -> Any:
+    return make_runtime(sqlite_url, sandbox.accounts_file)
+
+
+def cobo(key: str) -> dict[str, Any]:
+    return {"idempotency_key": key, "provider": "cobo", "account": "cobo-sandbox", "amount": "12.00",
+            "currency": "ETH_USDT", "destination": "0x" + "ab" * 20}
+
+
+def test_a_claim_taken_over_is_never_sent(rt: Any, sandbox: Any) -> None:
+    """The dispatcher moved a slow submit to unknown (lease expired): the old task must not send."""
+    refund, _ = persist(cobo("slow"), rt)
+    with rt.engine.begin() as conn:
+        store.transition(conn, refund.id, S.QUEUED, S.SUBMITTING)
+        store.transition(conn, refund.id, S.SUBMITTING, S.UNKNOWN, reason="lease expired")
+    stale = refund.model_copy(update={"status": S.SUBMITTING.value})
+    assert Engine(rt)._send(stale) == "claim_lost"
+    assert sandbox.ledger()["refunds"] == []
+
+
+def test_submit_then_poll_to_completed(rt: Any, sandbox: Any) -> None:
+    refund, _ = persist(cobo("direct"), rt)
+    engine = Engine(rt)
+    assert engine.submit(refund.id) == "pending"
+    assert engine.submit(refund.id) == "skipped"  # a duplicate delivery does nothing
+    import time
+
+    deadline = time.monotonic() + 10
+    status = "pending"
+    while status != "completed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = engine.poll_one(refund.id)
+    assert status == "completed"
+    assert [e["created"] for e in sandbox.ledger()["refunds"]] == [1]
+
+
+@pytest.mark.parametrize("payload", ["abc", [1, 2], None, {"idempotency_key": "k", "amount": 1.5}])
+def test_malformed_intake_is_recorded_not_dropped(rt: Any, payload: Any) -> None:
+    assert intake(payload, rt) == "rejected"
+    from sqlalchemy import text
+
+    with rt.engine.connect() as conn:
+        rows = conn.execute(text("SELECT reasons FROM rejected_intake")).all()
+    assert len(rows) == 1 and rows[0][0]
