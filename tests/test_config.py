@@ -52,6 +52,7 @@ def test_secrets_never_reach_log_output(tmp_path: Path, capsys: pytest.CaptureFi
     except ValueError:
         log.exception("boom", header=f"Bearer {secret}", nested={"k": [secret]})
     err = capsys.readouterr().err
+    structlog.reset_defaults()
     assert secret not in err
     assert "[REDACTED]" in err
     assert json.loads(err.strip().splitlines()[-1])["header"] == "Bearer [REDACTED]"
