@@ -304,18 +304,21 @@ def refund_requests(n: int, provider: str, tag: str) -> list[dict[str, Any]]:
     for i in range(n):
         p = providers[i % len(providers)]
         order = f"bench-{tag}-{i}"
+        amount = Decimal(10 + i % 90)
         fields: dict[str, Any] = {
             "cobo": dict[str, Any](),
             "coincorner": {"order_id": order},
             "coinvoyage": {"payorder_id": order, "chain_id": 30000000000001},
-            "cryptomus": {"order_id": order, "network": "tron"},
+            # The sandbox invoice's amount (`amt` marker) must be the one refunded, or the
+            # integrity check rightly stops the refund.
+            "cryptomus": {"order_id": f"{order}-amt{amount}_00", "network": "tron"},
         }[p]
         out.append(
             {
                 "idempotency_key": order,
                 "provider": p,
                 "account": f"{p}-sandbox",
-                "amount": str(Decimal(10 + i % 90) + Decimal("0.00")),
+                "amount": f"{amount}.00",
                 "currency": CURRENCY[p],
                 "destination": ADDRESS[p],
                 "fields": fields,

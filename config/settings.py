@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     # Scheduling (seconds).
     dispatch_interval: float = 1.0
     dispatch_batch: int = 500
+    lookup_max_pages: int = 50  # list-based lookups (CoinVoyage): 50 pages of 100 orders
     poll_batch: int = 50
     # A claim holds a row this long; longer than task_time_limit so a live task is never taken over.
     lease_seconds: int = 120
@@ -49,6 +50,17 @@ class Settings(BaseSettings):
     partial_deadline_hours: float = 24.0
     action_required_deadline_hours: float = 168.0
     action_required_poll: float = 600.0
+
+    # Bulk batches: rows per insert transaction; submit ids per fan-out message.
+    batch_chunk: int = 10_000
+    batch_publish_chunk: int = 500
+    # Reconciliation (worker/reconcile.py): how often the dispatcher schedules it (seconds), how far
+    # back terminal refunds are re-read (days), which fraction of those (1.0 = all), ids per task.
+    # Its reads go through the engine's admission (each account's rate limit, breaker, lane).
+    reconcile_interval: float = 3600.0
+    reconcile_days: float = 7.0
+    reconcile_sample: float = Field(default=1.0, gt=0, le=1)
+    reconcile_group: int = 50
 
     # Shared per-key / per-account limits (issue #4). The ordered lane's TTL is connect + read
     # timeout + lane_ttl_margin, so it always outlives a request (a dead holder loses it then).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Protocol
@@ -81,6 +82,15 @@ class ProviderError(Exception):
         return f"{self.kind}{code}{http}: {self.message}"
 
 
+class LookupNextPage(Exception):
+    """From parse_lookup: not on this page, and a later page may hold it. The worker asks again
+    with `RefundSpec.lookup_page` set to `page`; "absent" is only ever said when it is certain."""
+
+    def __init__(self, page: int) -> None:
+        super().__init__(f"continue the lookup on page {page}")
+        self.page = page
+
+
 class UnmappedStatusError(ProviderError):
     """An undocumented provider status. Never silently mapped: the refund goes to needs_attention."""
 
@@ -126,6 +136,8 @@ class RefundSpec:
     destination: str
     fields: Mapping[str, Any] = field(default_factory=dict)  # provider-specific request fields
     provider_refund_id: str | None = None
+    created_at: datetime | None = None  # when refundq accepted it: no provider record can be older
+    lookup_page: int = 0  # for lookups that page through a provider's list (LookupNextPage)
 
 
 @dataclass(frozen=True)

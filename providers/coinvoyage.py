@@ -17,8 +17,10 @@ Assumptions taken from the spec's "Unknown / assumptions" section (§9) and the 
 - The refund path is inferred (`/pay-orders/{payorder_id}/refund`); it is the account option `refund_path`.
 - No idempotency key exists: each create makes a new REFUND PayOrder. refundq's refund id travels in
   `metadata.refundq_refund_id`, and the lookup lists pay-orders (`GET /pay-orders?limit=100`, the
-  documented maximum page) and matches on it. Assumption: the list is newest first, so a refund looked up
-  soon after its send is on that first page. `limit`/`offset` are the only documented list parameters, so
+  documented maximum page) and matches on it, paging with `offset` (LookupNextPage) until it finds the
+  order, reaches a short page, or reaches orders older than the refund (minus 10 minutes of clock skew).
+  Assumption: the list is newest first. "Absent" (which allows a resend) is never said on a guess.
+  `limit`/`offset` are the only documented list parameters, so
   no server-side filter is sent; REFUND orders are picked client-side.
 - The request body is the flat form of the spec (`amount`, `asset`, `receiving_address`, `metadata`).
   Amounts are JSON numbers written from the Decimal text, never through float.
@@ -42,6 +44,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypedDict
 from urllib.parse import quote
@@ -51,6 +54,7 @@ from providers.addresses import check_address
 from providers.base import (
     ErrorKind,
     FieldError,
+    LookupNextPage,
     NoncePolicy,
     NonceUnit,
     ProviderError,
@@ -71,7 +75,10 @@ SCHEME_LEGACY = "sha512_key_secret_timestamp_legacy"
 SCHEMES = (SCHEME_HMAC, SCHEME_LEGACY)
 
 DEFAULT_REFUND_PATH = "/pay-orders/{payorder_id}/refund"
-LOOKUP_PATH = "/pay-orders?limit=100"  # 100 is the documented maximum page size
+LOOKUP_PAGE_SIZE = 100  # the documented maximum page size
+LOOKUP_PATH = f"/pay-orders?limit={LOOKUP_PAGE_SIZE}"
+# A pay-order older than our refund by more than this cannot be ours, even with skewed clocks.
+LOOKUP_CLOCK_SKEW = timedelta(minutes=10)
 METADATA_KEY = "refundq_refund_id"
 WEBHOOK_HEADER = "CoinVoyage-Webhook-Signature"
 
@@ -432,7 +439,8 @@ class CoinVoyageAdapter:
         return self._request(account, "GET", f"/pay-orders/{_segment(spec.provider_refund_id)}", nonce, None)
 
     def build_lookup(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
-        return self._request(account, "GET", LOOKUP_PATH, nonce, None)
+        offset = spec.lookup_page * LOOKUP_PAGE_SIZE
+        return self._request(account, "GET", LOOKUP_PATH + (f"&offset={offset}" if offset else ""), nonce, None)
 
     # --- answers ---
 
@@ -481,7 +489,11 @@ class CoinVoyageAdapter:
             and o["metadata"].get(METADATA_KEY) == spec.refund_id
         ]
         if not matches:
-            return None
+            # "Absent" allows a resend, and CoinVoyage has no idempotency key: say it only when no
+            # later page can hold our order (a short page, or orders older than our refund).
+            if len(orders) < LOOKUP_PAGE_SIZE or _older_than(orders, spec.created_at):
+                return None
+            raise LookupNextPage(spec.lookup_page + 1)
         result = to_status(matches[0])
         if len(matches) > 1:
             # No idempotency key at CoinVoyage: more than one order means a double create. Say so loudly.
@@ -521,3 +533,23 @@ class CoinVoyageAdapter:
 
 
 ADAPTER = CoinVoyageAdapter()
+
+
+def _older_than(orders: list[Any], created_at: datetime | None) -> bool:
+    """True when the oldest order on a (newest-first) page predates our refund: later pages only
+    hold older orders, none of which can be ours."""
+    if created_at is None:
+        return False
+    stamps = [_parse_time(o.get("created_at")) for o in orders if isinstance(o, dict)]
+    known = [t for t in stamps if t is not None]
+    return bool(known) and min(known) < created_at - LOOKUP_CLOCK_SKEW
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -282,6 +282,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         if entry is None:
             return error(404, 2028, "Refund not found")
         if request.method == "GET":
+            state.count(PROVIDER, f"status_reads:{entry.refund_key}")  # tests: polls per refund
             return signed(refund_object(entry))
         try:  # PUT: set the destination of a refund waiting for one
             body = json.loads(raw)

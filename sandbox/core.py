@@ -172,6 +172,8 @@ class SandboxState:
             tokens = min(burst, tokens + (now - updated) * rate)
             if tokens >= 1:
                 self._buckets[key_id] = (tokens - 1, now)
+                # Calls let through, so tests can measure the observed rate on a limited key.
+                self.counters[f"{key_id}:allowed"] = self.counters.get(f"{key_id}:allowed", 0) + 1
                 return None
             self._buckets[key_id] = (tokens, now)
             self.counters[f"{key_id}:rate_limited"] = self.counters.get(f"{key_id}:rate_limited", 0) + 1

@@ -41,3 +41,23 @@ def intake(payload: dict[str, Any]) -> str:
 def dispatch() -> dict[str, int]:
     """For deployments that prefer `celery beat` over `refundq dispatcher`; claims are safe either way."""
     return _engine().dispatch_once()
+
+
+@celery_app.task(name="refundq.submit_many")
+def submit_many(refund_ids: list[str]) -> int:
+    """Bulk batches publish one message per chunk of ids; this fans them out as `refundq.submit`."""
+    from worker.batch import fan_out
+
+    return fan_out(refund_ids)
+
+
+@celery_app.task(name="refundq.reconcile")
+def reconcile(refund_ids: list[str] | None = None) -> dict[str, int]:
+    """With ids: compare those refunds with their providers (status reads only). Without (for
+    `celery beat` deployments): schedule a round, at most once per reconcile_interval."""
+    from worker.reconcile import Reconciler, maybe_schedule
+
+    rt = get_runtime()
+    if refund_ids is None:
+        return {"scheduled": maybe_schedule(rt) or 0}
+    return dict(Reconciler(rt).run(refund_ids).counts)

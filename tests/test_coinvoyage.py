@@ -607,3 +607,37 @@ def test_refunding_an_unknown_order_uses_a_paid_deposit(sandbox: SandboxServer) 
     assert (order["mode"], order["status"]) == ("DEPOSIT", "COMPLETED")
     marked = create(sandbox, spec("10.00", payorder_id="po_dep_sbx51"))  # marker beats the cents
     assert poll_until(sandbox, marked, {RefundStatus.FAILED})[-1] == "FAILED"
+
+
+def test_lookup_says_absent_only_when_no_later_page_can_hold_it() -> None:
+    """A full page of newer orders without ours -> ask for the next page; a short page or one
+    reaching orders older than our refund -> absent."""
+    import json as _json
+    from datetime import UTC, datetime, timedelta
+
+    from providers.base import LookupNextPage, RefundSpec, Response
+    from providers.coinvoyage import ADAPTER as adapter
+
+    created = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    spec = RefundSpec("rf_ours", Decimal("1.00"), "USD", "addr", {}, created_at=created)
+
+    def page(n: int, start: datetime) -> Response:
+        orders = [
+            {
+                "id": f"po{i}",
+                "mode": "REFUND",
+                "status": "COMPLETED",
+                "metadata": {"refundq_refund_id": f"x{i}"},
+                "created_at": (start - timedelta(seconds=i)).isoformat(),
+            }
+            for i in range(n)
+        ]
+        return Response(200, {}, _json.dumps({"data": orders}).encode())
+
+    acc = None  # parse_lookup does not use the account
+    with pytest.raises(LookupNextPage) as info:
+        adapter.parse_lookup(spec, acc, page(100, created + timedelta(hours=1)))  # type: ignore[arg-type]
+    assert info.value.page == 1
+    assert adapter.parse_lookup(spec, acc, page(99, created + timedelta(hours=1))) is None  # type: ignore[arg-type]
+    assert adapter.parse_lookup(spec, acc, page(100, created - timedelta(hours=1))) is None  # type: ignore[arg-type]
+    assert "offset=200" in adapter.build_lookup(dataclasses.replace(spec, lookup_page=2), account(), 1_700_000_000).url

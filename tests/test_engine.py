@@ -19,8 +19,14 @@ def rt(sandbox: Any, sqlite_url: str) -> Any:
 
 
 def cobo(key: str) -> dict[str, Any]:
-    return {"idempotency_key": key, "provider": "cobo", "account": "cobo-sandbox", "amount": "12.00",
-            "currency": "ETH_USDT", "destination": "0x" + "ab" * 20}
+    return {
+        "idempotency_key": key,
+        "provider": "cobo",
+        "account": "cobo-sandbox",
+        "amount": "12.00",
+        "currency": "ETH_USDT",
+        "destination": "0x" + "ab" * 20,
+    }
 
 
 def test_a_claim_taken_over_is_never_sent(rt: Any, sandbox: Any) -> None:
@@ -58,3 +64,33 @@ def test_malformed_intake_is_recorded_not_dropped(rt: Any, payload: Any) -> None
     with rt.engine.connect() as conn:
         rows = conn.execute(text("SELECT reasons FROM rejected_intake")).all()
     assert len(rows) == 1 and rows[0][0]
+
+
+def coinvoyage(key: str) -> dict[str, Any]:
+    return {
+        "idempotency_key": key,
+        "provider": "coinvoyage",
+        "account": "coinvoyage-sandbox",
+        "amount": "12.00",
+        "currency": "USD",
+        "destination": "7EcDhSYGxXyscszYEp35KHN8vvw3svAuLKTzXwCFLtV",
+        "fields": {"payorder_id": f"po-{key}", "chain_id": 30000000000001},
+    }
+
+
+def test_coinvoyage_lookup_pages_past_newer_orders(rt: Any, sandbox: Any) -> None:
+    """CoinVoyage has no idempotency key: a lookup that stopped at the newest 100 pay-orders would
+    call an older refund absent and pay it twice (found by the chaos run)."""
+    from providers import get_adapter
+    from worker.engine import spec_of
+
+    engine = Engine(rt)
+    first, _ = persist(coinvoyage("first"), rt)
+    assert engine.submit(first.id) == "pending"
+    for i in range(120):  # newer orders push ours to the second page
+        newer, _ = persist(coinvoyage(f"newer-{i}"), rt)
+        assert engine.submit(newer.id) == "pending"
+    with rt.engine.connect() as conn:
+        ours = store.get_refund(conn, first.id)
+    found, _ = engine._lookup(get_adapter("coinvoyage"), rt.accounts["coinvoyage-sandbox"], spec_of(ours))
+    assert found is not None and found.provider_refund_id == ours.provider_refund_id

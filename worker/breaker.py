@@ -101,5 +101,5 @@ class Breaker:
 
     def state(self, account: Account) -> dict[str, str]:
         """The raw Redis state (for operators and tests): {} when closed with no failures."""
-        raw = self._redis.hgetall(self.key(account))
+        raw: dict[bytes, bytes] = self._redis.hgetall(self.key(account))  # type: ignore[assignment]
         return {k.decode(): v.decode() for k, v in raw.items()}

@@ -118,6 +118,40 @@ def demo(
     raise typer.Exit(run_demo(refunds, timeout, console))
 
 
+@app.command()
+def chaos(
+    refunds: Annotated[int, typer.Option(help="how many refunds (all four providers, fault scenarios)")] = 200,
+    database_url: Annotated[str | None, typer.Option(help="default: REFUNDQ_DATABASE_URL")] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="default: REFUNDQ_REDIS_URL; 'embedded': a private Redis (flushed, restarted)")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="worker processes")] = 2,
+    concurrency: Annotated[int, typer.Option(help="threads per worker")] = 8,
+    settle: Annotated[float, typer.Option(help="seconds after the faults for every refund to be final")] = 120.0,
+    chaos_seconds: Annotated[float, typer.Option(help="longest fault phase, seconds")] = 60.0,
+    kill_after_send: Annotated[float, typer.Option(help="chance a worker dies between answer and commit")] = 0.02,
+    restart_postgres: Annotated[bool, typer.Option(help="also restart the machine's PostgreSQL")] = False,
+    seed: Annotated[int | None, typer.Option(help="random seed for the faults")] = None,
+) -> None:
+    """Kill workers, flush and restart Redis, double the dispatcher, inject provider faults; then
+    count refunds lost or created twice. Exit 1 on any."""
+    from worker.chaos import ChaosOptions, run_chaos
+
+    opts = ChaosOptions(
+        refunds=refunds,
+        database_url=database_url,
+        redis_url=redis_url,
+        workers=workers,
+        concurrency=concurrency,
+        settle=settle,
+        chaos_seconds=chaos_seconds,
+        kill_after_send=kill_after_send,
+        restart_postgres=restart_postgres,
+        seed=seed,
+    )
+    raise typer.Exit(run_chaos(opts, console))
+
+
 @refund_app.command("create")
 def refund_create(
     key: Annotated[str, typer.Option("--key", help="idempotency key")],
@@ -248,6 +282,231 @@ def refund_list(status: Annotated[str | None, typer.Option()] = None, limit: int
             f"{r.updated_at:%Y-%m-%d %H:%M:%S}",
         )
     console.print(table)
+
+
+# --- bulk batches and reconciliation (worker/batch.py, worker/reconcile.py) -----------------------
+
+batch_app = typer.Typer(help="Bulk refunds from a CSV or JSON-lines file.", no_args_is_help=True)
+app.add_typer(batch_app, name="batch")
+
+
+def _bar() -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+
+
+@batch_app.command("submit")
+def batch_submit(
+    file: Annotated[Path, typer.Argument(help="CSV (header row) or JSON lines, one refund per row")],
+    name: Annotated[str | None, typer.Option(help="a name for the batch (default: the file name)")] = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="store the valid rows anyway")] = False,
+    rejects: Annotated[Path | None, typer.Option(help="where --skip-invalid writes the rejected rows")] = None,
+) -> None:
+    """Validate every row, then store and enqueue the whole file as one batch (nothing when a row is bad)."""
+    from worker.batch import BatchFileError, BatchInvalid, enqueue_batch
+
+    rt = _runtime()
+    with _bar() as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(phase: str, done: int, total: int | None) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task("validating" if phase == "validate" else "storing", total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        try:
+            result = enqueue_batch(
+                file, name=name, skip_invalid=skip_invalid, rejects=rejects, rt=rt, progress=progress
+            )
+        except BatchFileError as exc:
+            console.print(f"[red]{exc}[/red]; nothing was stored")
+            raise typer.Exit(2) from None
+        except BatchInvalid as exc:
+            bar.stop()
+            console.print(f"[red]{exc.bad_rows} of {exc.rows} rows are invalid; nothing was stored[/red]")
+            for err in exc.errors:
+                console.print(f"  row {err.row}: [red]{err.field}[/red]: {err.rule}")
+            if exc.bad_rows > len({e.row for e in exc.errors}):
+                console.print(f"  ... (first {len(exc.errors)} problems shown)")
+            console.print("fix them, or submit with --skip-invalid to store the valid rows")
+            raise typer.Exit(2) from None
+    for err in result.errors[:20]:
+        console.print(f"  skipped row {err.row}: [yellow]{err.field}[/yellow]: {err.rule}")
+    console.print(result.message)
+    print(result.batch.id)
+
+
+def _batch_view(batch_id: str) -> Any:
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+
+    from worker.batch import get_batch, summary
+
+    rt = _runtime()
+    with rt.engine.connect() as conn:
+        batch = get_batch(conn, batch_id)
+        if batch is None:
+            return None
+        info = summary(conn, batch_id)
+    counts = {k: v for k, v in batch.counts.items() if v}
+    done = batch.inserted - batch.open
+    head = Table(title=f"batch {batch.id}: {batch.name}", show_header=False)
+    head.add_row("refunds", f"{batch.inserted} of {batch.total} stored, {done} final, {batch.open} open")
+    head.add_row("created", f"{batch.created_at:%Y-%m-%d %H:%M:%S}")
+    head.add_row("finished", f"{batch.finished_at:%Y-%m-%d %H:%M:%S}" if batch.finished_at else "-")
+    if batch.retry_of:
+        head.add_row("retry of", batch.retry_of)
+    head.add_row("by status", ", ".join(f"{k} {v}" for k, v in counts.items()) or "-")
+    per = Table(title="per provider")
+    statuses = sorted({s for c in info["per_provider"].values() for s in c})
+    per.add_column("provider")
+    for s in statuses:
+        per.add_column(s, justify="right")
+    for provider, c in sorted(info["per_provider"].items()):
+        per.add_row(provider, *(str(c.get(s, 0)) for s in statuses))
+    parts: list[Any] = [head, ProgressBar(total=max(batch.total, 1), completed=done, width=60), per]
+    for title, rows in (("slowest", info["slowest"]), ("oldest open", info["oldest_open"]), ("failed", info["failed"])):
+        if not rows:
+            continue
+        t = Table(title=title)
+        for col in ("id", "provider", "amount", "status", "took", "reason"):
+            t.add_column(col)
+        for r in rows:
+            took = (r.updated_at - r.created_at).total_seconds()
+            t.add_row(r.id, r.provider, str(r.amount), r.status, f"{took:.1f}s", (r.last_error or "")[:70])
+        parts.append(t)
+    return batch, Group(*parts)
+
+
+@batch_app.command("show")
+def batch_show(
+    batch_id: Annotated[str, typer.Argument(help="batch id")],
+    watch: Annotated[bool, typer.Option("--watch", help="refresh until every refund is final")] = False,
+    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 1.0,
+    timeout: Annotated[float, typer.Option(help="--watch gives up after this many seconds")] = 86400.0,
+) -> None:
+    """Progress, counts per status and provider, the slowest and the failed refunds."""
+    import time
+
+    from rich.live import Live
+
+    view = _batch_view(batch_id)
+    if view is None:
+        console.print(f"no batch {batch_id!r}")
+        raise typer.Exit(1)
+    if not watch:
+        console.print(view[1])
+        return
+    deadline = time.monotonic() + timeout
+    with Live(view[1], console=console, refresh_per_second=4) as live:
+        while view[0].finished_at is None and time.monotonic() < deadline:
+            time.sleep(interval)
+            view = _batch_view(batch_id)
+            live.update(view[1])
+
+
+@batch_app.command("export")
+def batch_export(
+    batch_id: Annotated[str, typer.Argument(help="batch id")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or json (one JSON object per line)")] = "csv",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="file (default: standard output)")] = None,
+) -> None:
+    """One line per refund: final status, provider ids, reason."""
+    import sys
+
+    from worker.batch import export
+
+    if fmt not in ("csv", "json"):
+        console.print("--format must be csv or json")
+        raise typer.Exit(2)
+    try:
+        if output is None:
+            n = export(batch_id, sys.stdout, fmt, rt=_runtime())
+        else:
+            with output.open("w", encoding="utf-8", newline="") as out:
+                n = export(batch_id, out, fmt, rt=_runtime())
+    except LookupError as exc:
+        console.print(str(exc).strip("'\""))
+        raise typer.Exit(1) from None
+    if output is not None:
+        console.print(f"{n} refunds written to {output}")
+
+
+@batch_app.command("retry")
+def batch_retry(
+    batch_id: Annotated[str, typer.Argument(help="batch id")],
+    status: Annotated[list[str] | None, typer.Option(help="which refunds to retry (repeatable)")] = None,
+) -> None:
+    """Re-enqueue the batch's refunds in STATUS (default failed) as new attempts, in a new batch."""
+    from worker.batch import retry
+
+    try:
+        result = retry(batch_id, status or ["failed"], rt=_runtime())
+    except (LookupError, ValueError) as exc:
+        console.print(f"[red]{str(exc).strip(chr(39))}[/red]")
+        raise typer.Exit(1) from None
+    for why in result.skipped[:20]:
+        console.print(f"  not retried: {why}")
+    if result.batch is None:
+        console.print("nothing to retry")
+        return
+    console.print(f"{result.retried} refunds retried in batch {result.batch.id}")
+    print(result.batch.id)
+
+
+@batch_app.command("cancel")
+def batch_cancel(batch_id: Annotated[str, typer.Argument(help="batch id")]) -> None:
+    """Cancel the batch's refunds that are not yet submitted (queued)."""
+    from worker.batch import cancel
+
+    try:
+        n = cancel(batch_id, rt=_runtime())
+    except LookupError as exc:
+        console.print(str(exc).strip(chr(39)))
+        raise typer.Exit(1) from None
+    console.print(f"{n} refunds cancelled")
+
+
+@app.command()
+def reconcile(
+    since: Annotated[str, typer.Option(help="re-read refunds finished within this (7d, 12h, 30m)")] = "7d",
+    sample: Annotated[float | None, typer.Option(help="fraction of finished refunds to re-read")] = None,
+) -> None:
+    """Compare the database with the providers now (status reads only) and print a report."""
+    from worker.reconcile import parse_since
+    from worker.reconcile import reconcile as run_reconcile
+
+    try:
+        window = parse_since(since)
+    except ValueError as exc:
+        console.print(str(exc))
+        raise typer.Exit(2) from None
+    rt = _runtime()
+    with _bar() as bar:
+        task = bar.add_task("reconciling", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        report = run_reconcile(rt, window, sample, progress)
+    counts = report.counts
+    console.print(
+        f"checked {len(report.findings)}: {counts.get('ok', 0)} agree, {counts.get('drift', 0)} drifted "
+        f"(now needs_attention), {counts.get('error', 0)} could not be read, {counts.get('skipped', 0)} skipped"
+    )
+    if report.drift:
+        t = Table(title="drift")
+        for col in ("refund", "provider", "was", "provider status", "what differs"):
+            t.add_column(col)
+        for f in report.drift:
+            t.add_row(f.refund_id, f.provider, f.status, f.provider_status or "", "; ".join(f.problems))
+        console.print(t)
+    for f in report.errors[:20]:
+        console.print(f"  [yellow]{f.refund_id}[/yellow] ({f.provider}): {f.error}")
+    raise typer.Exit(1 if report.drift else 0)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ def demo_requests(n: int, accounts_suffix: str = "sandbox") -> list[dict[str, An
             "cobo": dict[str, Any](),
             "coincorner": {"order_id": order},
             "coinvoyage": {"payorder_id": order, "chain_id": 30000000000001},
-            "cryptomus": {"order_id": order, "network": "tron"},
+            # Cryptomus refunds a whole invoice; the sandbox's invoice amount comes from an `amt` marker,
+            # so the amount it reports agrees with ours (the worker's integrity check compares them).
+            "cryptomus": {"order_id": order + "-amt" + format(amount, "f").replace(".", "_"), "network": "tron"},
         }[provider]
         out.append(
             {

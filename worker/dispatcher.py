@@ -16,6 +16,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from worker.engine import Engine
+from worker.reconcile import maybe_schedule
 from worker.runtime import Runtime
 
 log = structlog.get_logger("refundq.dispatcher")
@@ -75,6 +76,10 @@ def run(rt: Runtime, stop: threading.Event | None = None, max_ticks: int | None 
                         log.info("dispatched", **counts)
                 except Exception as exc:  # a DB or broker hiccup must not kill the loop
                     log.error("dispatch_failed", error=f"{type(exc).__name__}: {exc}")
+                try:  # at most once per reconcile_interval, across dispatchers (worker/reconcile.py)
+                    maybe_schedule(rt)
+                except Exception as exc:
+                    log.error("reconcile_schedule_failed", error=f"{type(exc).__name__}: {exc}")
             stop.wait(max(0.0, interval - (time.monotonic() - started)))
     finally:
         lease.release()

@@ -7,12 +7,16 @@ means another worker already acted: we stop, we never send on a stale belief.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import replace
 from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from functools import partial
 from typing import Any
 
 import structlog
@@ -23,15 +27,22 @@ from providers import get_adapter
 from providers.base import (
     Adapter,
     ErrorKind,
+    LookupNextPage,
+    NoncePolicy,
     ProviderError,
     RefundSpec,
     RefundStatus,
+    Request,
     Response,
     StatusResult,
     json_or_none,
 )
 from worker import store
+from worker.breaker import CircuitOpen, Pass
+from worker.lane import LaneBusy
 from worker.models import Refund, utcnow
+from worker.nonces import key_id
+from worker.ratelimit import Throttled
 from worker.runtime import Runtime
 from worker.states import POLLED, allowed, is_terminal
 from worker.transport import TransportError
@@ -56,12 +67,65 @@ def spec_of(refund: Refund) -> RefundSpec:
         destination=refund.destination,
         fields=refund.fields,
         provider_refund_id=refund.provider_refund_id,
+        created_at=refund.created_at,
     )
 
 
 def backoff(n: int, initial: float, cap: float) -> float:
     """Capped exponential with jitter in [50 %, 100 %]: spread out, never longer than the cap."""
     return min(cap, initial * 2 ** min(n, 30)) * random.uniform(0.5, 1.0)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    try:
+        return Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def integrity_problems(refund: Refund, result: StatusResult) -> list[str]:
+    """Where the provider's answer contradicts what was requested, each as "field: ours != theirs".
+    Only what the provider reports is compared (StatusResult.detail "amount", "destination",
+    "currency"; the provider refund id once we hold one); amounts as Decimal."""
+    problems: list[str] = []
+    detail = result.detail or {}
+    if detail.get("amount") not in (None, ""):
+        theirs = _decimal(detail["amount"])
+        if theirs is None or theirs != refund.amount:
+            problems.append(f"amount: requested {format(refund.amount, 'f')}, provider reports {detail['amount']}")
+    reported = detail.get("destination")
+    if isinstance(reported, str) and reported:
+        ours = refund.destination
+        same = reported.lower() == ours.lower() if ours.startswith("0x") else reported == ours
+        if not same:
+            problems.append(f"destination: requested {ours}, provider reports {reported}")
+    currency = detail.get("currency")
+    if isinstance(currency, str) and currency and currency.upper() != refund.currency.upper():
+        problems.append(f"currency: requested {refund.currency}, provider reports {currency}")
+    ours_id, their_id = refund.provider_refund_id, result.provider_refund_id
+    if ours_id and their_id and their_id != ours_id:
+        problems.append(f"provider refund id: ours {ours_id}, provider reports {their_id}")
+    return problems
+
+
+def integrity_record(refund: Refund, result: StatusResult, problems: list[str]) -> dict[str, Any]:
+    """Both versions, for the event and refund.detail."""
+    return {
+        "problems": problems,
+        "ours": {
+            "status": refund.status,
+            "amount": format(refund.amount, "f"),
+            "destination": refund.destination,
+            "currency": refund.currency,
+            "provider_refund_id": refund.provider_refund_id,
+        },
+        "provider": {
+            "status": result.status.value,
+            "raw_status": result.raw_status,
+            "provider_refund_id": result.provider_refund_id,
+            **{k: str(v) for k, v in (result.detail or {}).items() if k in ("amount", "destination", "currency")},
+        },
+    }
 
 
 def response_record(response: Response) -> dict[str, Any]:
@@ -124,6 +188,49 @@ class Engine:
             return self.settings.action_required_poll
         return backoff(polls, self.settings.poll_initial, self.settings.poll_max)
 
+    def _admit(self, account: Account) -> Pass:
+        """Leave to send one request to the account: its breaker, then a rate token (sleeping at
+        most `throttle_giveback` for a reserved one). CircuitOpen / Throttled carry the wait."""
+        admitted = self.rt.breaker.allow(account)
+        wait = self.rt.limiter.wait_for_token(account, self.settings.throttle_giveback)
+        if wait > 0:
+            self.rt.breaker.abandon(account, admitted)
+            raise Throttled(account.name, wait)
+        return admitted
+
+    def _call(
+        self,
+        adapter: Adapter,
+        account: Account,
+        build: Callable[[int], Request],
+        admitted: Pass | None = None,
+    ) -> Response:
+        """Every provider request goes through here. Admission (`_admit`) unless the caller did it.
+        Providers whose nonces must arrive in order allocate the nonce, sign, send and read the
+        answer under their key's lane (LaneBusy when it stays taken). Not sent or a 5xx answer
+        counts against the breaker; any other answer (4xx included: the provider is up) closes it."""
+        if admitted is None:
+            admitted = self._admit(account)
+        lane: AbstractContextManager[object] = (
+            self.rt.lane.held(account) if adapter.nonce_policy is NoncePolicy.INCREASING else nullcontext()
+        )
+        try:
+            with lane:
+                nonce = self.rt.nonces.next(account, adapter.nonce_policy, adapter.nonce_unit)
+                response = self.rt.transport.send(build(nonce))
+        except LaneBusy:
+            self.rt.breaker.abandon(account, admitted)
+            raise
+        except TransportError as exc:
+            if not exc.sent:
+                self.rt.breaker.failure(account, str(exc))
+            raise
+        if response.status_code >= 500:
+            self.rt.breaker.failure(account, f"HTTP {response.status_code}")
+        else:
+            self.rt.breaker.success(account)
+        return response
+
     def _adopt(self, refund: Refund, frm: S, result: StatusResult, why: str, response: Response) -> str:
         """Record what the provider says it has (after a send or a lookup)."""
         now = utcnow()
@@ -179,6 +286,16 @@ class Engine:
                 reason=f"gave up after {refund.attempts} send attempts: {refund.last_error or 'no answer'}",
             )
             return "gave_up"
+        # Admission before the claim: while the breaker is open or the account's rate limit has
+        # no token for a while, the refund goes back to the schedule as it is (no attempt counted).
+        account = self.rt.accounts[refund.account]
+        try:
+            admitted = self._admit(account)
+        except (CircuitOpen, Throttled) as exc:
+            delay = exc.wait * random.uniform(1.0, 1.5)
+            self._later(refund, frm, delay)
+            log.info("send_deferred", why=str(exc), retry_in=round(delay, 2))
+            return "circuit_open" if isinstance(exc, CircuitOpen) else "throttled"
         lease = utcnow() + timedelta(seconds=self.settings.lease_seconds)
         if not self._move(
             refund,
@@ -187,11 +304,13 @@ class Engine:
             reason="claimed for send",
             values={"attempts": refund.attempts + 1, "next_action_at": lease},
         ):
+            self.rt.breaker.abandon(account, admitted)
             return "lost_race"
         refund = refund.model_copy(update={"status": S.SUBMITTING.value, "attempts": refund.attempts + 1})
-        return self._send(refund)
+        return self._send(refund, admitted)
 
-    def _send(self, refund: Refund) -> str:
+    def _send(self, refund: Refund, admitted: Pass | None = None) -> str:
+        """`admitted`: the first request was admitted before the claim; re-signs are admitted here."""
         adapter, account, spec = self._parts(refund)
         for resign in range(NONCE_RESIGNS + 1):
             # Renew the claim before every send. The threads pool enforces no time limit, so a
@@ -202,20 +321,42 @@ class Engine:
                 if not store.touch(conn, refund.id, S.SUBMITTING, {"next_action_at": lease}):
                     log.warning("claim_lost_before_send")
                     return "claim_lost"
-            nonce = self.rt.nonces.next(account, adapter.nonce_policy, adapter.nonce_unit)
-            request = adapter.build_submit(spec, account, nonce)
             try:
-                response = self.rt.transport.send(request)
+                response = self._call(
+                    adapter,
+                    account,
+                    lambda nonce: adapter.build_submit(spec, account, nonce),
+                    admitted if resign == 0 else None,
+                )
+            except (LaneBusy, Throttled, CircuitOpen) as exc:
+                # Nothing left (a refused nonce was not executed either): back to queued, and
+                # this claim does not count as an attempt.
+                delay = exc.wait * random.uniform(1.0, 1.5)
+                self._move(
+                    refund,
+                    S.SUBMITTING,
+                    S.QUEUED,
+                    reason=f"not sent, back in {delay:.1f}s (no attempt counted): {exc}",
+                    values={"attempts": refund.attempts - 1, "next_action_at": utcnow() + timedelta(seconds=delay)},
+                )
+                return "deferred"
             except TransportError as exc:
                 if not exc.sent:
                     return self._requeue(refund, str(exc))
                 return self._to_unknown(refund, str(exc), None)
+            if random.random() < float(os.environ.get("REFUNDQ_CHAOS_KILL_AFTER_SEND") or 0):
+                os._exit(1)  # chaos (worker/chaos.py): die between the provider's answer and the DB commit
             try:
                 result = adapter.parse_submit(spec, account, response)
             except ProviderError as exc:
-                if exc.kind is ErrorKind.NONCE and resign < NONCE_RESIGNS:
-                    log.warning("nonce_rejected", resign=resign + 1)
-                    continue
+                if exc.kind is ErrorKind.RATE_LIMITED:
+                    self.rt.limiter.penalize(account, exc.retry_after)
+                if exc.kind is ErrorKind.NONCE:
+                    # Key id only, never the key. Each re-sign is part of a burst worth a look.
+                    if resign < NONCE_RESIGNS:
+                        log.warning("nonce_rejected", resign=resign + 1, key_id=key_id(account))
+                        continue
+                    log.warning("nonce_rejected_burst", resigns=NONCE_RESIGNS, key_id=key_id(account))
                 return self._submit_refused(refund, exc, response)
             return self._adopt(refund, S.SUBMITTING, result, "accepted by the provider", response)
         raise AssertionError("unreachable")
@@ -289,17 +430,19 @@ class Engine:
             )
             return S.NEEDS_ATTENTION.value
         adapter, account, spec = self._parts(refund)
-        request = adapter.build_lookup(
-            spec, account, self.rt.nonces.next(account, adapter.nonce_policy, adapter.nonce_unit)
-        )
         retry = backoff(refund.polls, self.settings.retry_initial, self.settings.retry_max)
         try:
-            response = self.rt.transport.send(request)
-            found = adapter.parse_lookup(spec, account, response)
+            found, response = self._lookup(adapter, account, spec)
+        except (LaneBusy, Throttled, CircuitOpen) as exc:
+            self._later(refund, S.UNKNOWN, exc.wait * random.uniform(1.0, 1.5))
+            log.info("lookup_deferred", why=str(exc))
+            return "deferred"
         except TransportError as exc:
             self._later(refund, S.UNKNOWN, retry, f"lookup failed: {exc}", polls=refund.polls + 1)
             return "lookup_retry"
         except ProviderError as exc:
+            if exc.kind is ErrorKind.RATE_LIMITED:
+                self.rt.limiter.penalize(account, exc.retry_after)
             if exc.kind in _READ_RETRY:
                 self._later(
                     refund,
@@ -323,6 +466,18 @@ class Engine:
             return self._adopt(refund, S.UNKNOWN, found, "lookup found the refund at the provider", response)
         log.info("lookup_absent")
         return self._claim_and_send(refund, S.UNKNOWN)
+
+    def _lookup(self, adapter: Adapter, account: Account, spec: RefundSpec) -> tuple[StatusResult | None, Response]:
+        """The provider's record of this refund, paging where its lookup is a list. A lookup that
+        cannot finish within `lookup_max_pages` is an error (retried later), never "absent"."""
+        for page in range(self.settings.lookup_max_pages):
+            paged = replace(spec, lookup_page=page)
+            response = self._call(adapter, account, partial(adapter.build_lookup, paged, account))
+            try:
+                return adapter.parse_lookup(paged, account, response), response
+            except LookupNextPage:
+                continue
+        raise ProviderError(ErrorKind.RETRYABLE, f"lookup did not finish within {self.settings.lookup_max_pages} pages")
 
     # --- poll ------------------------------------------------------------------------------------
 
@@ -356,15 +511,20 @@ class Engine:
                 )
                 return S.NEEDS_ATTENTION.value
             adapter, account, spec = self._parts(refund)
-            nonce = self.rt.nonces.next(account, adapter.nonce_policy, adapter.nonce_unit)
             delay = self._poll_delay(status, refund.polls + 1)
             try:
-                response = self.rt.transport.send(adapter.build_status(spec, account, nonce))
+                response = self._call(adapter, account, lambda nonce: adapter.build_status(spec, account, nonce))
                 result = adapter.parse_status(spec, account, response)
+            except (LaneBusy, Throttled, CircuitOpen) as exc:
+                self._later(refund, status, exc.wait * random.uniform(1.0, 1.5))
+                log.info("poll_deferred", why=str(exc))
+                return "deferred"
             except TransportError as exc:
                 self._later(refund, status, delay, f"poll failed: {exc}", polls=refund.polls + 1)
                 return "poll_retry"
             except ProviderError as exc:
+                if exc.kind is ErrorKind.RATE_LIMITED:
+                    self.rt.limiter.penalize(account, exc.retry_after)
                 if exc.kind in _READ_RETRY:
                     self._later(
                         refund,
@@ -389,6 +549,21 @@ class Engine:
             return self._apply_status(refund, status, result, response, delay)
 
     def _apply_status(self, refund: Refund, status: S, result: StatusResult, response: Response, delay: float) -> str:
+        problems = integrity_problems(refund, result)
+        if problems:  # the provider's record contradicts what we asked for: an operator decides
+            self._move(
+                refund,
+                status,
+                S.NEEDS_ATTENTION,
+                reason="integrity: " + "; ".join(problems),
+                provider_status=result.raw_status,
+                response=response_record(response),
+                values={
+                    "next_action_at": None,
+                    "detail": {**refund.detail, "integrity": integrity_record(refund, result, problems)},
+                },
+            )
+            return S.NEEDS_ATTENTION.value
         if result.status is status:
             values: dict[str, Any] = {
                 "polls": refund.polls + 1,

@@ -90,6 +90,7 @@ class Refund(SQLModel, table=True):
     # At most one live refund per account and key (one refund per invoice); NULL for most.
     exclusive_key: str | None = Field(default=None, max_length=200)
     batch_id: str | None = Field(default=None, max_length=40, index=True)
+    retry_of: str | None = Field(default=None, max_length=40, index=True)  # the refund this one retries
     status: str = Field(max_length=24)
     provider_status: str | None = Field(default=None, max_length=64)
     provider_refund_id: str | None = Field(default=None, max_length=200)
@@ -135,3 +136,62 @@ class RejectedIntake(SQLModel, table=True):
 refund_table = Refund.__table__  # type: ignore[attr-defined]
 event_table = RefundEvent.__table__  # type: ignore[attr-defined]
 rejected_intake_table = RejectedIntake.__table__  # type: ignore[attr-defined]
+
+
+BATCH_STATUSES = (
+    "queued",
+    "submitting",
+    "unknown",
+    "pending",
+    "processing",
+    "action_required",
+    "partially_completed",
+    "completed",
+    "failed",
+    "rejected",
+    "needs_attention",
+    "cancelled",
+)
+BATCH_OPEN = BATCH_STATUSES[:7]  # non-terminal
+
+
+class Batch(SQLModel, table=True):
+    """A bulk submission. `n_<status>` counters move in the same transaction as each refund's
+    transition (store.transition), so they are always exact; no Celery chords."""
+
+    __tablename__ = "batch"
+
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(max_length=200)
+    source_hash: str = Field(max_length=100, unique=True)  # sha256 of the file: re-submitting is idempotent
+    total: int = 0  # refunds this batch will hold once fully inserted
+    retry_of: str | None = Field(default=None, max_length=40, index=True)  # the batch this one retries
+    n_queued: int = 0
+    n_submitting: int = 0
+    n_unknown: int = 0
+    n_pending: int = 0
+    n_processing: int = 0
+    n_action_required: int = 0
+    n_partially_completed: int = 0
+    n_completed: int = 0
+    n_failed: int = 0
+    n_rejected: int = 0
+    n_needs_attention: int = 0
+    n_cancelled: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(TZDateTime(), nullable=False))
+    finished_at: datetime | None = Field(default=None, sa_column=Column(TZDateTime(), nullable=True))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {s: int(getattr(self, f"n_{s}")) for s in BATCH_STATUSES}
+
+    @property
+    def inserted(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def open(self) -> int:
+        return sum(int(getattr(self, f"n_{s}")) for s in BATCH_OPEN)
+
+
+batch_table = Batch.__table__  # type: ignore[attr-defined]

@@ -11,8 +11,8 @@ from sqlalchemy import Engine
 from config.accounts import Accounts, load_accounts
 from config.logging import configure_logging, register_secrets
 from config.settings import Settings, get_settings
-from worker.db import get_engine
 from worker.breaker import Breaker
+from worker.db import get_engine
 from worker.lane import Lane
 from worker.nonces import NonceAllocator
 from worker.ratelimit import RateLimiter
