@@ -91,36 +91,36 @@ def test_csv_and_json_lines_are_accepted_with_provider_field_columns(rt: Any, tm
 
 
 def test_three_bad_rows_refuse_the_whole_file_and_name_all_three(rt: Any, tmp_path: Path) -> None:
-    items = list(rows(2000, "bad3"))
+    items = list(rows(10_000, "bad3"))  # the figure
     items[10]["amount"] = "-5.00"
     items[977]["account"] = "nobody"
-    items[1999]["destination"] = "not-an-address"
+    items[9999]["destination"] = "not-an-address"
     path = write_csv(tmp_path / "bad.csv", items)
     with pytest.raises(BatchInvalid) as info:
         enqueue_batch(path, rt=rt, publish=False)
     assert sorted((e.row, e.field) for e in info.value.errors) == [
         (11, "amount"),
         (978, "account"),
-        (2000, "destination"),
+        (10000, "destination"),
     ]
-    assert info.value.bad_rows == 3 and info.value.rows == 2000
+    assert info.value.bad_rows == 3 and info.value.rows == 10_000
     assert "must be greater than zero" in str(info.value)
     assert stored(rt) == (0, 0)
 
 
 def test_skip_invalid_stores_the_rest_and_writes_the_rejects(rt: Any, tmp_path: Path) -> None:
-    items = list(rows(2000, "skip"))
-    for i in (5, 500, 1500):
+    items = list(rows(10_000, "skip"))
+    for i in (5, 5000, 9999):
         items[i]["amount"] = "1e-3"
     path = write_csv(tmp_path / "skip.csv", items)
     rejects = tmp_path / "rejects.jsonl"
     result = enqueue_batch(path, rt=rt, skip_invalid=True, rejects=rejects, publish=False)
-    assert result.inserted == 1997 and result.rejected == 3 and result.batch.total == 1997
+    assert result.inserted == 9997 and result.rejected == 3 and result.batch.total == 9997
     lines = [json.loads(line) for line in rejects.read_text().splitlines()]
-    assert [r["row"] for r in lines] == [6, 501, 1501]
+    assert [r["row"] for r in lines] == [6, 5001, 10000]
     assert all("amount" in r["errors"][0] and r["data"]["amount"] == "1e-3" for r in lines)
-    assert stored(rt) == (1997, 1)
-    assert batch_counts(rt, result.batch.id) == {"queued": 1997}
+    assert stored(rt) == (9997, 1)
+    assert batch_counts(rt, result.batch.id) == {"queued": 9997}
 
 
 BAD_FILES: dict[str, tuple[Any, str]] = {
