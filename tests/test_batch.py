@@ -391,3 +391,32 @@ def test_batch_across_four_providers_reaches_final_statuses_with_exact_counts(
     assert all(e["created"] == 1 for e in ledger)
     assert len(ledger) == n - expected["rejected"]
     print(f"\n{n} rows across 4 providers: accepted in {accepted:.2f}s, all final in {took:.1f}s: {counts}")
+
+
+def test_bulk_stored_rows_equal_the_file_on_both_databases(db_url: str, accounts_file: Path, tmp_path: Path) -> None:
+    """PostgreSQL stores batches with COPY, SQLite with executemany: both must store exactly what
+    the file says (Decimal to the last digit, JSON fields, aware datetimes, one event per refund)."""
+    from datetime import UTC
+    from decimal import Decimal
+
+    rt = make_runtime(db_url, accounts_file, batch_chunk=7)
+    items = [row(i, f"copy-{db_url[:6]}") for i in range(20)]
+    items[3] = {**items[3], "amount": "12345678901234567890.12"}  # cobo allows 2 places: at the NUMERIC edge
+    result = enqueue_batch(write_csv(tmp_path / "rows.csv", items), rt=rt, publish=False)
+    assert result.inserted == 20
+    with rt.engine.connect() as conn:
+        for item in items:
+            refund = store.get_by_key(conn, item["idempotency_key"])
+            assert refund is not None
+            assert refund.amount == Decimal(item["amount"])
+            assert (refund.provider, refund.account, refund.currency, refund.destination, refund.fields) == (
+                item["provider"],
+                item["account"],
+                item["currency"],
+                item["destination"],
+                item["fields"],
+            )
+            assert refund.status == "queued" and refund.batch_id == result.batch.id
+            assert refund.deadline.tzinfo == UTC and refund.deadline > refund.created_at
+            events = store.events(conn, refund.id)
+            assert [(e["from_status"], e["to_status"]) for e in events] == [(None, "queued")]

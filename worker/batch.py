@@ -694,11 +694,11 @@ def _store(
     result = BatchResult(batch, created=existing is None)
     result.rows, result.already_stored = checked.rows, len(checked.existing)
     chunk: list[_Spooled] = []
+    reason = f"accepted in batch {batch_id}"
 
-    def write(items: list[_Spooled]) -> None:
-        values = _chunk_values(items, rt, batch_id)
+    def write(values: list[dict[str, Any]]) -> None:
         with rt.engine.begin() as conn:
-            _insert_chunk(conn, batch_id, values, f"accepted in batch {batch_id}")
+            _insert_chunk(conn, batch_id, values, reason)
         result.inserted += len(values)
         if publish:
             result.published += publish_submits([v["id"] for v in values], settings.batch_publish_chunk)
@@ -706,8 +706,8 @@ def _store(
             progress("insert", result.inserted, checked.to_insert)
 
     # One writer thread: chunk k is written (the database works, the GIL is free) while chunk k+1
-    # is read and built. At most one chunk in flight and one being built: memory stays bounded,
-    # and a failed chunk stops the import before the next one is written.
+    # is read from the spool and built. At most one chunk in flight and one being built: memory
+    # stays bounded, and a failed chunk stops the import before the next one is written.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refundq-batch-writer") as writer:
         in_flight: Future[None] | None = None
         for item in _spooled(spool):
@@ -717,11 +717,14 @@ def _store(
             if len(chunk) >= settings.batch_chunk:
                 if in_flight is not None:
                     in_flight.result()
-                in_flight, chunk = writer.submit(write, chunk), []
+                built = _chunk_values(chunk, rt, batch_id)
+                if in_flight is not None:
+                    in_flight.result()
+                in_flight, chunk = writer.submit(write, built), []
         if in_flight is not None:
             in_flight.result()
         if chunk:
-            write(chunk)
+            write(_chunk_values(chunk, rt, batch_id))
     with rt.engine.connect() as conn:
         stored = get_batch(conn, batch_id)
     assert stored is not None

@@ -99,15 +99,17 @@ def insert_refunds(conn: Connection, rows: Sequence[Mapping[str, Any]], *, reaso
 
 
 def copy_refunds(conn: Connection, rows: Sequence[Mapping[str, Any]], *, reason: str = "accepted") -> None:
-    """PostgreSQL only: what insert_refunds does (the refunds and their first events), with COPY
-    through the raw psycopg connection, inside the caller's transaction (several times faster
-    than executemany for thousands of rows). Every row must have the keys of the first. The
-    column types' checks hold here too: money is Decimal, datetimes are aware."""
+    """PostgreSQL only: what insert_refunds does (the refunds and their first events) with COPY
+    through the raw psycopg connection, inside the caller's transaction: several times faster
+    than executemany for thousands of rows. Every row must have the keys of the first. The
+    column types' rules hold here too: money must be Decimal (sent exactly, never through
+    float), datetimes aware; JSON columns go through the engine's serializer."""
     if not rows:
         return
     if conn.dialect.name != "postgresql":
         raise ValueError("copy_refunds needs PostgreSQL; use insert_refunds")
     dumps = conn.dialect._json_serializer or json.dumps
+    empty = dumps({})
 
     def money(value: Any) -> Any:
         if not isinstance(value, Decimal):
@@ -118,8 +120,6 @@ def copy_refunds(conn: Connection, rows: Sequence[Mapping[str, Any]], *, reason:
         if value.tzinfo is None:
             raise ValueError("naive datetime: refundq stores UTC only")
         return value
-
-    empty = dumps({})
 
     def document(value: Any) -> Any:
         return empty if type(value) is dict and not value else dumps(value)
