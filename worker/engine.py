@@ -169,6 +169,28 @@ class Engine:
         log.info("status", frm=frm.value, to=to.value, reason=kwargs.get("reason"))
         return True
 
+    def _attention(
+        self,
+        refund: Refund,
+        frm: S,
+        reason: str,
+        *,
+        response: Response | None = None,
+        provider_status: str | None = None,
+        **values: Any,
+    ) -> str:
+        """Hand the refund to an operator: needs_attention, nothing more scheduled."""
+        self._move(
+            refund,
+            frm,
+            S.NEEDS_ATTENTION,
+            reason=reason,
+            provider_status=provider_status,
+            response=None if response is None else response_record(response),
+            values={"next_action_at": None, **values},
+        )
+        return S.NEEDS_ATTENTION.value
+
     def _later(self, refund: Refund, status: S, seconds: float, error: str | None = None, **values: Any) -> None:
         changes: dict[str, Any] = {"next_action_at": utcnow() + timedelta(seconds=seconds), **values}
         if error is not None:
@@ -279,11 +301,8 @@ class Engine:
 
     def _claim_and_send(self, refund: Refund, frm: S) -> str:
         if refund.attempts >= self.settings.max_attempts:
-            self._move(
-                refund,
-                frm,
-                S.NEEDS_ATTENTION,
-                reason=f"gave up after {refund.attempts} send attempts: {refund.last_error or 'no answer'}",
+            self._attention(
+                refund, frm, f"gave up after {refund.attempts} send attempts: {refund.last_error or 'no answer'}"
             )
             return "gave_up"
         # Admission before the claim: while the breaker is open or the account's rate limit has
@@ -394,16 +413,9 @@ class Engine:
         if kind is ErrorKind.AMBIGUOUS:
             return self._to_unknown(refund, message, response)
         if kind is ErrorKind.UNMAPPED:
-            self._move(
-                refund,
-                S.SUBMITTING,
-                S.NEEDS_ATTENTION,
-                reason=message,
-                provider_status=exc.raw_status,
-                response=response_record(response),
-                values={"next_action_at": None, "last_error": message},
+            return self._attention(
+                refund, S.SUBMITTING, message, response=response, provider_status=exc.raw_status, last_error=message
             )
-            return S.NEEDS_ATTENTION.value
         why = "provider refused our credentials (check the account's keys)" if kind is ErrorKind.AUTH else "refused"
         # A refused refund frees its invoice for a corrected one.
         self._move(
@@ -421,14 +433,9 @@ class Engine:
 
     def _resolve_unknown(self, refund: Refund) -> str:
         if utcnow() > refund.deadline:
-            self._move(
-                refund,
-                S.UNKNOWN,
-                S.NEEDS_ATTENTION,
-                values={"next_action_at": None},
-                reason="deadline passed before the provider could tell whether it has this refund",
+            return self._attention(
+                refund, S.UNKNOWN, "deadline passed before the provider could tell whether it has this refund"
             )
-            return S.NEEDS_ATTENTION.value
         adapter, account, spec = self._parts(refund)
         retry = backoff(refund.polls, self.settings.retry_initial, self.settings.retry_max)
         try:
@@ -502,14 +509,7 @@ class Engine:
             return "skipped"
         with _bound(refund):
             if utcnow() > (refund.status_deadline or refund.deadline):
-                self._move(
-                    refund,
-                    status,
-                    S.NEEDS_ATTENTION,
-                    reason=f"deadline passed while {status.value}",
-                    values={"next_action_at": None},
-                )
-                return S.NEEDS_ATTENTION.value
+                return self._attention(refund, status, f"deadline passed while {status.value}")
             adapter, account, spec = self._parts(refund)
             delay = self._poll_delay(status, refund.polls + 1)
             try:
@@ -536,34 +536,22 @@ class Engine:
                     return "poll_retry"
                 # Undocumented status, or the provider no longer knows an accepted refund.
                 message = redact(str(exc))
-                self._move(
-                    refund,
-                    status,
-                    S.NEEDS_ATTENTION,
-                    reason=message,
-                    provider_status=exc.raw_status,
-                    response=response_record(response),
-                    values={"next_action_at": None, "last_error": message},
+                return self._attention(
+                    refund, status, message, response=response, provider_status=exc.raw_status, last_error=message
                 )
-                return S.NEEDS_ATTENTION.value
             return self._apply_status(refund, status, result, response, delay)
 
     def _apply_status(self, refund: Refund, status: S, result: StatusResult, response: Response, delay: float) -> str:
         problems = integrity_problems(refund, result)
         if problems:  # the provider's record contradicts what we asked for: an operator decides
-            self._move(
+            return self._attention(
                 refund,
                 status,
-                S.NEEDS_ATTENTION,
-                reason="integrity: " + "; ".join(problems),
+                "integrity: " + "; ".join(problems),
+                response=response,
                 provider_status=result.raw_status,
-                response=response_record(response),
-                values={
-                    "next_action_at": None,
-                    "detail": {**refund.detail, "integrity": integrity_record(refund, result, problems)},
-                },
+                detail={**refund.detail, "integrity": integrity_record(refund, result, problems)},
             )
-            return S.NEEDS_ATTENTION.value
         if result.status is status:
             values: dict[str, Any] = {
                 "polls": refund.polls + 1,
@@ -582,17 +570,13 @@ class Engine:
                 store.touch(conn, refund.id, status, values)
             return status.value
         if not allowed(status, result.status):
-            reason = f"provider moved the refund {status.value} -> {result.status.value} ({result.raw_status})"
-            self._move(
+            return self._attention(
                 refund,
                 status,
-                S.NEEDS_ATTENTION,
-                reason=reason,
+                f"provider moved the refund {status.value} -> {result.status.value} ({result.raw_status})",
+                response=response,
                 provider_status=result.raw_status,
-                response=response_record(response),
-                values={"next_action_at": None},
             )
-            return S.NEEDS_ATTENTION.value
         return self._adopt(refund, status, result, "provider status", response)
 
     # --- dispatch --------------------------------------------------------------------------------
