@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from importlib import import_module
 
 from providers.base import Adapter
@@ -9,6 +10,7 @@ from providers.base import Adapter
 PROVIDERS = ("cobo", "coincorner", "coinvoyage", "cryptomus")
 
 
+@cache
 def get_adapter(provider: str) -> Adapter:
     if provider not in PROVIDERS:
         raise KeyError(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}")

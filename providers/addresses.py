@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 _BASE58 = "[1-9A-HJ-NP-Za-km-z]"
+_WHITESPACE = re.compile(r"\s")  # str.isspace()'s set, checked in C (hot in batch validation)
 _PATTERNS: dict[str, re.Pattern[str]] = {
     "evm": re.compile(r"^0x[0-9a-fA-F]{40}$"),
     "tron": re.compile(rf"^T{_BASE58}{{33}}$"),
@@ -39,7 +40,7 @@ def check_address(address: str, family: str | None) -> str | None:
     """None when plausible, else the rule it breaks (for a FieldError)."""
     if not address:
         return "must not be empty"
-    if address != address.strip() or any(c.isspace() for c in address):
+    if _WHITESPACE.search(address):
         return "must not contain whitespace"
     if family is None:
         return None if 20 <= len(address) <= 128 else "must be 20 to 128 characters"

@@ -356,8 +356,13 @@ def _result(resp: Response, *, submit: bool) -> Any:
 # --- adapter --------------------------------------------------------------------------------------
 
 
+_ASCII_ALPHA_DASH: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _is_alpha_dash(text: str) -> bool:
     # Laravel alpha_dash: letters, marks, numbers, "-" and "_".
+    if _ASCII_ALPHA_DASH.fullmatch(text):  # the common case, without a per-character loop
+        return True
     return bool(text) and all(ch in "-_" or unicodedata.category(ch)[0] in "LMN" for ch in text)
 
 
