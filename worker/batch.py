@@ -34,10 +34,9 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import structlog
 from sqlalchemy import Connection, String, any_, bindparam, insert, select, update
@@ -47,7 +46,7 @@ from providers import get_adapter
 from providers.base import Adapter, RefundStatus
 from worker import store
 from worker.models import BATCH_STATUSES, Batch, Refund, batch_table, refund_table, utcnow
-from worker.producer import COMPARED_FIELDS, refund_values
+from worker.producer import COMPARED_FIELDS, refund_row, refund_values
 from worker.runtime import Runtime, get_runtime
 from worker.validation import RefundRequest, ValidationFailed, check, parse_request, validate
 
@@ -360,7 +359,19 @@ def _check_db(conn: Connection, pending: list[tuple[int, RefundRequest, str | No
 # What pass 1 hands to pass 2 for each valid row, through the spool file: the checked values, so
 # the file is not read, parsed and validated a second time.
 # (row, key, provider, account, amount, currency, destination, fields, exclusive key, deadline hours)
-_Spooled = tuple[int, str, str, str, Decimal, str, str, dict[str, Any], str | None, float | None]
+class _Spooled(NamedTuple):
+    """A validated row, carried from pass 1 to pass 2 (fields named as producer.refund_row reads them)."""
+
+    row: int
+    idempotency_key: str
+    provider: str
+    account: str
+    amount: Decimal
+    currency: str
+    destination: str
+    fields: dict[str, Any]
+    exclusive_key: str | None
+    deadline_hours: float | None
 
 
 def _spool_block(spool: IO[bytes], block: list[_Spooled]) -> None:
@@ -412,7 +423,7 @@ def _validate_file(path: Path, fmt: str, rt: Runtime, progress: Progress | None,
                 seen_invoices.add(hi)
             pending.append((n, parsed, inv))
             block.append(
-                (
+                _Spooled(
                     n,
                     parsed.idempotency_key,
                     parsed.provider,
@@ -631,44 +642,13 @@ def _refund_ids(n: int) -> list[str]:
 
 
 def _chunk_values(items: list[_Spooled], rt: Runtime, batch_id: str) -> list[dict[str, Any]]:
-    """What producer.refund_values gives for each row, with one clock reading for the chunk."""
-    settings = rt.settings
+    """producer.refund_row for each row, with one clock reading and one urandom call per chunk.
+    exclusive_key(spec) reads the fields, never the refund id, so pass 1's value holds."""
     now = utcnow()
-    next_action_at = now + timedelta(seconds=settings.publish_grace)  # see refund_values
-    deadlines: dict[float, Any] = {}
-    queued = RefundStatus.QUEUED.value
-    out = []
-    for refund_id, (_, key, provider, account, amount, currency, destination, fields, inv, hours) in zip(
-        _refund_ids(len(items)), items, strict=True
-    ):
-        hours = hours or settings.deadline_hours
-        deadline = deadlines.get(hours)
-        if deadline is None:
-            deadline = deadlines[hours] = now + timedelta(hours=hours)
-        out.append(
-            {
-                "id": refund_id,
-                "idempotency_key": key,
-                "provider": provider,
-                "account": account,
-                "amount": amount,
-                "currency": currency,
-                "destination": destination,
-                "fields": dict(fields),
-                # exclusive_key(spec) reads the fields, never the refund id: pass 1's value holds.
-                "exclusive_key": inv,
-                "batch_id": batch_id,
-                "status": queued,
-                "attempts": 0,
-                "polls": 0,
-                "next_action_at": next_action_at,
-                "deadline": deadline,
-                "detail": {},
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
-    return out
+    return [
+        refund_row(refund_id, item, exclusive_key=item.exclusive_key, settings=rt.settings, now=now, batch_id=batch_id)
+        for refund_id, item in zip(_refund_ids(len(items)), items, strict=True)
+    ]
 
 
 def _store(

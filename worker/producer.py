@@ -10,13 +10,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
+from config.settings import Settings
 from providers import get_adapter
 from providers.base import RefundStatus
 from worker import store
@@ -62,9 +64,28 @@ def differing_fields(existing: Refund, request: RefundRequest) -> list[str]:
 
 
 def refund_values(request: RefundRequest, rt: Runtime, *, batch_id: str | None = None) -> dict[str, Any]:
-    now = utcnow()
     refund_id = new_refund_id()
-    hours = request.deadline_hours or rt.settings.deadline_hours
+    return refund_row(
+        refund_id,
+        request,
+        exclusive_key=get_adapter(request.provider).exclusive_key(request.spec(refund_id)),
+        settings=rt.settings,
+        now=utcnow(),
+        batch_id=batch_id,
+    )
+
+
+def refund_row(
+    refund_id: str,
+    request: RowSource,
+    *,
+    exclusive_key: str | None,
+    settings: Settings,
+    now: datetime,
+    batch_id: str | None = None,
+) -> dict[str, Any]:
+    """The one definition of a new refund row (producers and batch imports alike)."""
+    hours = request.deadline_hours or settings.deadline_hours
     return {
         "id": refund_id,
         "idempotency_key": request.idempotency_key,
@@ -74,18 +95,39 @@ def refund_values(request: RefundRequest, rt: Runtime, *, batch_id: str | None =
         "currency": request.currency,
         "destination": request.destination,
         "fields": dict(request.fields),
-        "exclusive_key": get_adapter(request.provider).exclusive_key(request.spec(refund_id)),
+        "exclusive_key": exclusive_key,
         "batch_id": batch_id,
         "status": RefundStatus.QUEUED.value,
         "attempts": 0,
         "polls": 0,
         # If the publish after commit is lost, the dispatcher sends the work after this grace.
-        "next_action_at": now + timedelta(seconds=rt.settings.publish_grace),
+        "next_action_at": now + timedelta(seconds=settings.publish_grace),
         "deadline": now + timedelta(hours=hours),
         "detail": {},
         "created_at": now,
         "updated_at": now,
     }
+
+
+class RowSource(Protocol):
+    """What refund_row reads: a RefundRequest, or a batch's spooled, already validated row."""
+
+    @property
+    def idempotency_key(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def account(self) -> str: ...
+    @property
+    def amount(self) -> Decimal: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def destination(self) -> str: ...
+    @property
+    def fields(self) -> Mapping[str, Any]: ...
+    @property
+    def deadline_hours(self) -> float | None: ...
 
 
 def _existing(conn: Connection, request: RefundRequest) -> Refund | None:
