@@ -220,7 +220,7 @@ class Engine:
             raise Throttled(account.name, wait)
         return admitted
 
-    def _call(
+    def call(
         self,
         adapter: Adapter,
         account: Account,
@@ -341,7 +341,7 @@ class Engine:
                     log.warning("claim_lost_before_send")
                     return "claim_lost"
             try:
-                response = self._call(
+                response = self.call(
                     adapter,
                     account,
                     lambda nonce: adapter.build_submit(spec, account, nonce),
@@ -479,7 +479,7 @@ class Engine:
         cannot finish within `lookup_max_pages` is an error (retried later), never "absent"."""
         for page in range(self.settings.lookup_max_pages):
             paged = replace(spec, lookup_page=page)
-            response = self._call(adapter, account, partial(adapter.build_lookup, paged, account))
+            response = self.call(adapter, account, partial(adapter.build_lookup, paged, account))
             try:
                 return adapter.parse_lookup(paged, account, response), response
             except LookupNextPage:
@@ -513,7 +513,7 @@ class Engine:
             adapter, account, spec = self._parts(refund)
             delay = self._poll_delay(status, refund.polls + 1)
             try:
-                response = self._call(adapter, account, lambda nonce: adapter.build_status(spec, account, nonce))
+                response = self.call(adapter, account, lambda nonce: adapter.build_status(spec, account, nonce))
                 result = adapter.parse_status(spec, account, response)
             except (LaneBusy, Throttled, CircuitOpen) as exc:
                 self._later(refund, status, exc.wait * random.uniform(1.0, 1.5))

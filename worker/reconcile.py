@@ -11,7 +11,7 @@ Scheduling: the dispatcher's leader calls `maybe_schedule` every tick; at most o
 `reconcile_interval` (a Redis key with that TTL, so restarts and a second dispatcher do not
 double it) it selects the candidates and publishes `refundq.reconcile` tasks of
 `reconcile_group` ids. `refundq reconcile --since 7d` runs the same comparison in-process.
-Reads go through `Engine._call`, so each account's rate limit, breaker and nonce lane apply.
+Reads go through `Engine.call`, so each account's rate limit, breaker and nonce lane apply.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class Reconciler:
         adapter, account, spec = get_adapter(refund.provider), self.rt.accounts[refund.account], spec_of(refund)
         for attempt in range(ADMISSION_TRIES):
             try:
-                return self.engine._call(adapter, account, lambda nonce: adapter.build_status(spec, account, nonce))
+                return self.engine.call(adapter, account, lambda nonce: adapter.build_status(spec, account, nonce))
             except (LaneBusy, Throttled, CircuitOpen) as exc:
                 if attempt + 1 == ADMISSION_TRIES or isinstance(exc, CircuitOpen):
                     raise
