@@ -49,3 +49,12 @@ def test_policies() -> None:
     allocator = NonceAllocator(Redis.from_url(TEST_REDIS_URL), "nonce-test-policy")
     assert allocator.next(ACCOUNT, NoncePolicy.NONE, NonceUnit.S) == 0
     assert abs(allocator.next(ACCOUNT, NoncePolicy.TIMESTAMP, NonceUnit.S) - clock(NonceUnit.S)) <= 1
+
+
+def test_counters_expire_when_unused() -> None:
+    """Retired accounts' counters do not pile up; expiry is as safe as a flush (clock floor)."""
+    redis = Redis.from_url(TEST_REDIS_URL)
+    allocator = NonceAllocator(redis, "nonce-test-ttl")
+    allocator.next(ACCOUNT, NoncePolicy.INCREASING, NonceUnit.MS)
+    (key,) = redis.keys("nonce-test-ttl:nonce:*")
+    assert 0 < redis.ttl(key) <= 86400
