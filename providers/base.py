@@ -53,6 +53,9 @@ class ErrorKind(StrEnum):
     REJECTED = "rejected"  # the provider refused the refund itself (validation, balance, ...)
     AMBIGUOUS = "ambiguous"  # may or may not have been executed: look it up before any resend
     UNMAPPED = "unmapped"  # the provider answered with a status we do not know
+    # A read whose answer cannot tell whether our refund exists (yet): never taken as "absent" or
+    # "refused". The worker asks again later and hands the refund to an operator at its deadline.
+    UNSURE = "unsure"
 
 
 class ProviderError(Exception):
@@ -149,12 +152,51 @@ class StatusResult:
     provider_refund_id: str | None = None
     reason: str | None = None  # failed_reason, what action is required, ...
     detail: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"action_url": ...}, reported amounts
+    # Other provider records that carry our id (a lookup that found more than one): a duplicate.
+    others: tuple[str, ...] = ()
+
+
+class Reading(StrEnum):
+    """What one raw provider status says about our refund. Each provider has ONE table
+    raw status -> RawStatus, and both its poll (parse_status) and its lookup (parse_lookup) read it:
+
+    - REFUND: a refund of ours exists, in `RawStatus.status`. Poll and lookup return that status.
+    - NO_REFUND: the provider shows no refund on the record (yet). Poll: PENDING "not visible yet"
+      (we hold its acceptance; the deadline applies). Lookup: the proof of absence; the worker trusts
+      it only after the account's settle time since the last ambiguous send.
+    - UNSURE: the record is in a state that cannot tell (a payment still in progress): poll and
+      lookup raise ProviderError(UNSURE): ask again later, an operator at the deadline.
+    - CONTRADICTS: a final record state that no refund of ours can be in (cancelled, expired):
+      poll and lookup return NEEDS_ATTENTION. Never REJECTED: nobody knows where the money went.
+    """
+
+    REFUND = "refund"
+    NO_REFUND = "no_refund"
+    UNSURE = "unsure"
+    CONTRADICTS = "contradicts"
+
+
+@dataclass(frozen=True)
+class RawStatus:
+    reading: Reading
+    status: RefundStatus | None = None  # REFUND only
+    text: str = ""  # the provider's own words for it
+
+    def __post_init__(self) -> None:
+        if (self.reading is Reading.REFUND) != (self.status is not None):
+            raise ValueError("a status goes with Reading.REFUND, and only with it")
 
 
 class Adapter(Protocol):
     name: str
     nonce_policy: NoncePolicy
     nonce_unit: NonceUnit
+    #: raw status -> what it says about our refund; parse_status and parse_lookup both read it
+    status_table: Mapping[str, RawStatus]
+    #: seconds after an ambiguous send before a lookup's "absent" is believed (a provider may
+    #: execute a create it received seconds after the client gave up). Long where the provider
+    #: has no idempotency key of ours; an account may override it (option `settle_seconds`).
+    settle_seconds: float
     #: fields the producer must give in RefundSpec.fields (names, for validation messages and docs)
     required_fields: tuple[str, ...]
 
@@ -170,7 +212,9 @@ class Adapter(Protocol):
     def parse_status(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult: ...
     def build_lookup(self, spec: RefundSpec, account: Account, nonce: int) -> Request: ...
     def parse_lookup(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult | None:
-        """None: the provider has no refund for our key, so a (re)send is safe."""
+        """None only when the answer proves the provider has no refund for our key (the module
+        docstring says which answer that is); the worker adds the settle time. A found refund with
+        `others` set is a duplicate. An answer that cannot tell raises ProviderError(UNSURE)."""
         ...
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, account: Account) -> StatusResult:
@@ -205,3 +249,11 @@ def json_or_none(body: bytes) -> Any:
         return json.loads(body) if body else None
     except ValueError:
         return None
+
+
+def read_status(table: Mapping[str, RawStatus], provider: str, raw: str) -> RawStatus:
+    """The table's entry for a raw status; an undocumented one is an error, never a guess."""
+    try:
+        return table[raw]
+    except KeyError:
+        raise UnmappedStatusError(provider, raw) from None

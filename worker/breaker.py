@@ -17,18 +17,18 @@ import structlog
 from redis import Redis
 
 from config.accounts import Account
+from worker.errors import NotSent
 
 log = structlog.get_logger("refundq.breaker")
 
 _SCRIPT = (Path(__file__).parent / "breaker.lua").read_text()
 
 
-class CircuitOpen(Exception):
+class CircuitOpen(NotSent):
     """The breaker is open: nothing was sent; come back after `wait` seconds."""
 
     def __init__(self, account: str, wait: float) -> None:
-        super().__init__(f"circuit breaker of {account} open for {wait:.1f}s more")
-        self.wait = wait
+        super().__init__(f"circuit breaker of {account} open for {wait:.1f}s more", wait)
 
 
 @dataclass(frozen=True)

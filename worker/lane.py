@@ -22,6 +22,7 @@ import structlog
 from redis import Redis
 
 from config.accounts import Account
+from worker.errors import NotSent
 from worker.nonces import key_id
 
 log = structlog.get_logger("refundq.lane")
@@ -31,12 +32,11 @@ _FIRST_SLEEP = 0.002  # seconds between tries at first; grows to _MAX_SLEEP
 _MAX_SLEEP = 0.02
 
 
-class LaneBusy(Exception):
+class LaneBusy(NotSent):
     """The lane stayed taken for the whole wait. Nothing was sent; try again after `wait` seconds."""
 
     def __init__(self, lane: str, waited: float) -> None:
-        super().__init__(f"ordered lane {lane} busy for {waited:.1f}s")
-        self.wait = 1.0
+        super().__init__(f"ordered lane {lane} busy for {waited:.1f}s", 1.0)
 
 
 class Lane:

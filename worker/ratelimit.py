@@ -14,17 +14,17 @@ from pathlib import Path
 from redis import Redis
 
 from config.accounts import Account
+from worker.errors import NotSent
 
 _SCRIPT = (Path(__file__).parent / "ratelimit.lua").read_text()
 DEFAULT_PENALTY = 1.0  # seconds, when a 429 names no Retry-After
 
 
-class Throttled(Exception):
+class Throttled(NotSent):
     """No token within the caller's budget: nothing was sent; come back after `wait` seconds."""
 
     def __init__(self, account: str, wait: float) -> None:
-        super().__init__(f"rate limit of {account}: next token in {wait:.2f}s")
-        self.wait = wait
+        super().__init__(f"rate limit of {account}: next token in {wait:.2f}s", wait)
 
 
 class RateLimiter:
