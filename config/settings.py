@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     poll_batch: int = 50
     # A claim holds a row this long; longer than task_time_limit so a live task is never taken over.
     lease_seconds: int = 120
+    # What a claim's lease must leave beyond the longest send (worker/app.py send_budget).
+    lease_margin: float = Field(default=5.0, gt=0)
     publish_grace: float = 30.0
     poll_initial: float = 2.0
     poll_max: float = 300.0

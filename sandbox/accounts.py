@@ -22,8 +22,15 @@ def _ed25519_pair() -> tuple[str, str]:
     return seed, public
 
 
-def write_sandbox_accounts(directory: Path, base_url: str, *, suffix: str = "sandbox") -> Path:
-    """Accounts `cobo-<suffix>`, `coincorner-<suffix>`, `coinvoyage-<suffix>`, `cryptomus-<suffix>`."""
+SANDBOX_SETTLE = 8.0  # seconds: the sandbox executes a late create at most `execute_delay_seconds` after it
+
+
+def write_sandbox_accounts(
+    directory: Path, base_url: str, *, suffix: str = "sandbox", settle: float = SANDBOX_SETTLE
+) -> Path:
+    """Accounts `cobo-<suffix>`, `coincorner-<suffix>`, `coinvoyage-<suffix>`, `cryptomus-<suffix>`.
+    `settle`: how long after an ambiguous send the worker waits before it believes a lookup's
+    "absent" (option `settle_seconds`); the sandbox's own worst delay is known, so it is short."""
     directory.mkdir(parents=True, exist_ok=True)
     base_url = base_url.rstrip("/")
     merchant_seed, _ = _ed25519_pair()
@@ -50,18 +57,18 @@ cobo_response_private_key = "file:{SANDBOX_COBO_KEY_FILE}"
 provider = "cobo"
 base_url = "{base_url}/cobo/v2"
 secrets = {{ api_private_key = "file:cobo_api_private_key" }}
-options = {{ response_public_key = "{sandbox_public}", merchant_id = "M-{suffix}", refund_type = "Merchant" }}
+options = {{ response_public_key = "{sandbox_public}", merchant_id = "M-{suffix}", refund_type = "Merchant", settle_seconds = {settle:g} }}
 
 [accounts.coincorner-{suffix}]
 provider = "coincorner"
 base_url = "{base_url}/coincorner/api"
 secrets = {{ api_key = "file:coincorner_api_key", api_secret = "file:coincorner_api_secret" }}
-options = {{ user_id = "{secrets.randbelow(10**6)}", refund_type = "1" }}
+options = {{ user_id = "{secrets.randbelow(10**6)}", refund_type = "1", settle_seconds = {settle:g} }}
 
 [accounts.coinvoyage-{suffix}]
 provider = "coinvoyage"
 base_url = "{base_url}/coinvoyage/v2"
-options = {{ signature_scheme = "hmac_sha256_method_path_timestamp" }}
+options = {{ signature_scheme = "hmac_sha256_method_path_timestamp", settle_seconds = {settle:g} }}
 
 [accounts.coinvoyage-{suffix}.secrets]
 api_key = "file:coinvoyage_api_key"
@@ -72,7 +79,7 @@ webhook_secret = "file:coinvoyage_webhook_secret"
 provider = "cryptomus"
 base_url = "{base_url}/cryptomus"
 secrets = {{ api_key = "file:cryptomus_api_key" }}
-options = {{ merchant = "{uuid.uuid4()}", is_subtract = true }}
+options = {{ merchant = "{uuid.uuid4()}", is_subtract = true, settle_seconds = {settle:g} }}
 """
     path = directory / "accounts.toml"
     path.write_text(toml, encoding="utf-8")

@@ -29,12 +29,16 @@ pytestmark = pytest.mark.integration
 
 FINAL = {"completed", "failed", "rejected", "needs_attention", "cancelled"}
 # A send lease of seconds, so a killed worker's refund is due again quickly. check_invariants:
-# lease > task_time_limit > task_soft_time_limit > connect + read timeouts.
+# lease > task_time_limit > task_soft_time_limit > connect + read timeouts, and
+# lease > throttle_giveback + lane_wait + nonce wait (0.5) + connect + read + lease_margin.
 QUICK_STOP = {"worker_soft_shutdown_timeout": 2.0}  # teardown: idle workers stop in seconds
 SHORT_LEASE = {
     **QUICK_STOP,
     "http_connect_timeout": 1,
     "http_read_timeout": 1,
+    "throttle_giveback": 0.5,
+    "lane_wait": 0.5,
+    "lease_margin": 1.0,
     "task_soft_time_limit": 3,
     "task_time_limit": 4,
     "lease_seconds": 5,

@@ -15,6 +15,25 @@ from kombu import Exchange, Queue
 from config.settings import Settings, get_settings
 
 QUEUES = ("refundq.submit", "refundq.poll", "refundq.intake")
+# Every task refundq registers, and its queue: one table, so no task falls to a default queue
+# (tests/test_app.py walks the registered tasks against it).
+ROUTES = {
+    "refundq.submit": "refundq.submit",
+    "refundq.submit_many": "refundq.submit",
+    "refundq.poll": "refundq.poll",
+    "refundq.reconcile": "refundq.poll",
+    "refundq.dispatch": "refundq.poll",
+    "refundq.intake": "refundq.intake",
+}
+
+
+def send_budget(settings: Settings) -> float:
+    """The longest a send can take after its claim was renewed: a rate token (re-signs are admitted
+    after the renewal), the ordered lane, a nonce, then the call's one deadline."""
+    from worker.nonces import MAX_WAIT
+
+    call = settings.http_connect_timeout + settings.http_read_timeout
+    return settings.throttle_giveback + settings.lane_wait + MAX_WAIT + call
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -45,13 +64,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # One direct exchange per queue, named like it: what any Celery client creates for `queue=NAME`.
         "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
         "task_default_queue": "refundq.submit",
-        "task_routes": {
-            "refundq.submit": {"queue": "refundq.submit"},
-            "refundq.poll": {"queue": "refundq.poll"},
-            "refundq.intake": {"queue": "refundq.intake"},
-        },
+        "task_routes": {name: {"queue": queue} for name, queue in ROUTES.items()},
         "refundq_max_countdown": settings.max_countdown,
         "refundq_http_budget": settings.http_connect_timeout + settings.http_read_timeout,
+        "refundq_send_budget": send_budget(settings),
+        "refundq_lease_margin": settings.lease_margin,
         "refundq_lease_seconds": settings.lease_seconds,
     }
 
@@ -89,9 +106,15 @@ def check_invariants(conf: Any) -> list[str]:
     lease = conf.get("refundq_lease_seconds", 0)
     if hard and lease <= hard:
         problems.append(f"lease_seconds ({lease}s) must exceed task_time_limit ({hard}s)")
-    if lease <= budget:
-        # The claim is renewed before each send; one send must fit in one lease.
-        problems.append(f"lease_seconds ({lease}s) must exceed one HTTP call's connect+read timeouts ({budget}s)")
+    send = conf.get("refundq_send_budget", budget)
+    margin = conf.get("refundq_lease_margin", 5.0)
+    if lease <= send + margin:
+        # The claim is renewed before each send: the send's every wait and the call must end inside
+        # the lease, or the dispatcher takes the claim over while the request may still be executed.
+        problems.append(
+            f"lease_seconds ({lease}s) must exceed the longest send ({send:g}s: rate, lane and nonce waits"
+            f" plus the call deadline) by {margin:g}s"
+        )
     return problems
 
 

@@ -30,6 +30,13 @@ if holder == false or holder == ARGV[1] then
 end
 return 0
 """
+# Delete the lease only if we still hold it: a GET then a DEL could delete the next leader's.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 class LeaderLease:
@@ -37,6 +44,7 @@ class LeaderLease:
         self._redis, self._key, self._ttl = redis, key, ttl_ms
         self.token = uuid.uuid4().hex
         self._script = redis.register_script(_ACQUIRE)
+        self._release = redis.register_script(_RELEASE)
 
     def hold(self) -> bool:
         try:
@@ -45,12 +53,12 @@ class LeaderLease:
             log.warning("leader_lease_unavailable", error=str(exc))
             return False
 
-    def release(self) -> None:
+    def release(self) -> bool:
+        """True when we held the lease and gave it back."""
         try:
-            if self._redis.get(self._key) == self.token.encode():
-                self._redis.delete(self._key)
+            return bool(self._release(keys=[self._key], args=[self.token]))
         except RedisError:
-            pass
+            return False
 
 
 def run(rt: Runtime, stop: threading.Event | None = None, max_ticks: int | None = None) -> None:
@@ -72,7 +80,7 @@ def run(rt: Runtime, stop: threading.Event | None = None, max_ticks: int | None 
             if leader:
                 try:
                     counts = engine.dispatch_once()
-                    if counts["claimed"]:
+                    if counts["claimed"] or counts["taken_over"]:
                         log.info("dispatched", **counts)
                 except Exception as exc:  # a DB or broker hiccup must not kill the loop
                     log.error("dispatch_failed", error=f"{type(exc).__name__}: {exc}")

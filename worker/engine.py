@@ -1,8 +1,10 @@
 """What the tasks do: submit (claim, nonce, sign, send, classify), resolve `unknown` refunds by
 lookup before any resend, poll provider status, and dispatch due rows.
 
-Every status change goes through `store.transition` (guarded UPDATE + event). A lost race
-means another worker already acted: we stop, we never send on a stale belief.
+Every status change goes through `store.transition` (guarded UPDATE + event), and every write
+is guarded by the claim (fencing token) the refund had when it was loaded: a worker whose claim
+was taken over changes nothing, and what its provider told it is kept as a late-answer event.
+What happens after each outcome is the table in `worker/policy.py`; this module executes it.
 """
 
 from __future__ import annotations
@@ -38,25 +40,20 @@ from providers.base import (
     json_or_none,
 )
 from worker import store
-from worker.breaker import CircuitOpen, Pass
-from worker.lane import LaneBusy
-from worker.models import Refund, utcnow
+from worker.breaker import Pass
+from worker.errors import MaybeSent, NotSent
+from worker.models import Refund, refund_table, utcnow
 from worker.nonces import key_id
+from worker.policy import Decision, Next, Op, Outcome, When, decide, outcome_of
 from worker.ratelimit import Throttled
 from worker.runtime import Runtime
 from worker.states import POLLED, allowed, is_terminal
-from worker.transport import TransportError
+from worker.transport import ConnectFailed
 
 log = structlog.get_logger("refundq.engine")
 S = RefundStatus
 NONCE_RESIGNS = 3  # a refused nonce means "not executed": re-sign at once, without counting an attempt
-_READ_RETRY = (
-    ErrorKind.RETRYABLE,
-    ErrorKind.RATE_LIMITED,
-    ErrorKind.AMBIGUOUS,
-    ErrorKind.NONCE,
-    ErrorKind.AUTH,
-)
+LOOKUP_SOON = 1.0  # seconds until the first lookup after an ambiguous send
 
 
 def spec_of(refund: Refund) -> RefundSpec:
@@ -158,13 +155,25 @@ class Engine:
     def _parts(self, refund: Refund) -> tuple[Adapter, Account, RefundSpec]:
         return get_adapter(refund.provider), self.rt.accounts[refund.account], spec_of(refund)
 
-    def _move(self, refund: Refund, frm: S, to: S, **kwargs: Any) -> bool:
-        """Guarded transition in its own transaction. False when we lost the race."""
+    def settle_seconds(self, account: Account) -> float:
+        """How long after an ambiguous send a lookup's "absent" is not yet believed."""
+        default = getattr(get_adapter(account.provider), "settle_seconds", 30.0)
+        return float(account.option("settle_seconds", default))
+
+    def _move(self, refund: Refund, to: S, *, answer: Mapping[str, Any] | None = None, **kwargs: Any) -> bool:
+        """Guarded transition under the refund's claim, in its own transaction. False when the
+        row moved on or the claim was taken over; then `answer` (what the provider told us) is
+        kept as a late-answer event for the next lookup and for reconciliation."""
+        frm = S(refund.status)
         try:
             with self.rt.engine.begin() as conn:
-                store.transition(conn, refund.id, frm, to, **kwargs)
+                store.transition(conn, refund.id, frm, to, claim=refund.claim, **kwargs)
         except store.LostRace as exc:
             log.info("lost_race", detail=str(exc))
+            if answer is not None:
+                with self.rt.engine.begin() as conn:
+                    store.add_late_answer(conn, refund.id, f"claim {refund.claim} was taken over", answer)
+                log.warning("late_answer", claim=refund.claim, **{k: v for k, v in answer.items() if k != "response"})
             return False
         log.info("status", frm=frm.value, to=to.value, reason=kwargs.get("reason"))
         return True
@@ -172,31 +181,32 @@ class Engine:
     def _attention(
         self,
         refund: Refund,
-        frm: S,
         reason: str,
         *,
         response: Response | None = None,
         provider_status: str | None = None,
+        answer: Mapping[str, Any] | None = None,
         **values: Any,
     ) -> str:
         """Hand the refund to an operator: needs_attention, nothing more scheduled."""
         self._move(
             refund,
-            frm,
             S.NEEDS_ATTENTION,
             reason=reason,
             provider_status=provider_status,
             response=None if response is None else response_record(response),
+            answer=answer,
             values={"next_action_at": None, **values},
         )
         return S.NEEDS_ATTENTION.value
 
-    def _later(self, refund: Refund, status: S, seconds: float, error: str | None = None, **values: Any) -> None:
-        changes: dict[str, Any] = {"next_action_at": utcnow() + timedelta(seconds=seconds), **values}
+    def _later(self, refund: Refund, seconds: float, error: str | None = None, **values: Any) -> bool:
+        """Keep the status, act again `seconds` from now (database clock). False if it moved."""
+        changes: dict[str, Any] = {"next_action_at": timedelta(seconds=seconds), **values}
         if error is not None:
             changes["last_error"] = redact(error)[:2000]
         with self.rt.engine.begin() as conn:
-            store.touch(conn, refund.id, status, changes)
+            return store.touch(conn, refund.id, S(refund.status), changes, claim=refund.claim)
 
     def _status_deadline(self, status: S, now: datetime) -> datetime | None:
         if status is S.PARTIALLY_COMPLETED:
@@ -209,6 +219,19 @@ class Engine:
         if status is S.ACTION_REQUIRED:
             return self.settings.action_required_poll
         return backoff(polls, self.settings.poll_initial, self.settings.poll_max)
+
+    def _delay(self, refund: Refund, op: Op, when: When, exc: BaseException | None) -> float:
+        if when is When.WAIT and isinstance(exc, NotSent):
+            return exc.wait * random.uniform(1.0, 1.5)
+        if when is When.SOON:
+            return LOOKUP_SOON
+        retry_after = exc.retry_after if isinstance(exc, ProviderError) else None
+        if op is Op.POLL:
+            base = self._poll_delay(S(refund.status), refund.polls + 1)
+        else:
+            n = refund.attempts if op is Op.SEND else refund.polls
+            base = backoff(n, self.settings.retry_initial, self.settings.retry_max)
+        return max(base, retry_after or 0.0)
 
     def _admit(self, account: Account) -> Pass:
         """Leave to send one request to the account: its breaker, then a rate token (sleeping at
@@ -229,8 +252,9 @@ class Engine:
     ) -> Response:
         """Every provider request goes through here. Admission (`_admit`) unless the caller did it.
         Providers whose nonces must arrive in order allocate the nonce, sign, send and read the
-        answer under their key's lane (LaneBusy when it stays taken). Not sent or a 5xx answer
-        counts against the breaker; any other answer (4xx included: the provider is up) closes it."""
+        answer under their key's lane (LaneBusy when it stays taken). Every wait here is bounded
+        (worker/app.py checks they fit in a claim's lease). Not sent or a 5xx answer counts against
+        the breaker; any other answer (4xx included: the provider is up) closes it."""
         if admitted is None:
             admitted = self._admit(account)
         lane: AbstractContextManager[object] = (
@@ -240,12 +264,11 @@ class Engine:
             with lane:
                 nonce = self.rt.nonces.next(account, adapter.nonce_policy, adapter.nonce_unit)
                 response = self.rt.transport.send(build(nonce))
-        except LaneBusy:
-            self.rt.breaker.abandon(account, admitted)
+        except ConnectFailed as exc:
+            self.rt.breaker.failure(account, str(exc))
             raise
-        except TransportError as exc:
-            if not exc.sent:
-                self.rt.breaker.failure(account, str(exc))
+        except NotSent:
+            self.rt.breaker.abandon(account, admitted)
             raise
         if response.status_code >= 500:
             self.rt.breaker.failure(account, f"HTTP {response.status_code}")
@@ -253,33 +276,134 @@ class Engine:
             self.rt.breaker.success(account)
         return response
 
-    def _adopt(self, refund: Refund, frm: S, result: StatusResult, why: str, response: Response) -> str:
-        """Record what the provider says it has (after a send or a lookup)."""
+    # --- the policy, executed --------------------------------------------------------------------
+
+    def _after(
+        self,
+        refund: Refund,
+        op: Op,
+        outcome: Outcome,
+        *,
+        exc: BaseException | None = None,
+        result: StatusResult | None = None,
+        response: Response | None = None,
+    ) -> str:
+        """Do what worker/policy.py says follows `outcome` of `op` on this refund."""
+        decision = decide(op, outcome)
+        account = self.rt.accounts[refund.account]
+        if decision.penalty and isinstance(exc, ProviderError):
+            self.rt.limiter.penalize(account, exc.retry_after)
+        message = None if exc is None else redact(str(exc))
+        answer = _answer_record(outcome, result, exc, response)
+        if decision.to is Next.ADOPT:
+            assert result is not None and response is not None
+            return self._adopt(refund, result, decision.reason, response)
+        if decision.to is Next.RESEND:
+            return self._claim_and_send(refund)
+        if decision.to is Next.STAY:
+            polls = {} if decision.when is When.WAIT else {"polls": refund.polls + 1}
+            error = None if message is None else f"{op.value}: {message}"
+            delay = self._delay(refund, op, decision.when, exc)
+            if not self._later(refund, delay, error, **polls):
+                return "lost_race"
+            log.info(f"{op.value}_later", outcome=outcome.value, retry_in=round(delay, 2))
+            return "deferred" if decision.when is When.WAIT else f"{op.value}_retry"
+        return self._to(refund, op, decision, outcome, exc, message, response, answer)
+
+    def _to(
+        self,
+        refund: Refund,
+        op: Op,
+        decision: Decision,
+        outcome: Outcome,
+        exc: BaseException | None,
+        message: str | None,
+        response: Response | None,
+        answer: Mapping[str, Any] | None,
+    ) -> str:
+        """A move to the decision's fixed status."""
+        to = S(decision.to)
+        raw = exc.raw_status if isinstance(exc, ProviderError) else None
+        if to is S.NEEDS_ATTENTION:
+            return self._attention(
+                refund,
+                message or decision.reason,
+                response=response,
+                provider_status=raw,
+                answer=answer,
+                **({"last_error": message} if message else {}),
+            )
+        values: dict[str, Any] = {}
+        if message is not None:
+            values["last_error"] = message[:2000]
+        if decision.when is When.NEVER:
+            values["next_action_at"] = None
+        else:
+            delay = self._delay(refund, op, decision.when, exc)
+            values["next_action_at"] = timedelta(seconds=delay)
+        if to is S.UNKNOWN:
+            # The request may still be executed by the provider: absent is not believed before this.
+            values["settle_until"] = timedelta(seconds=self.settle_seconds(self.rt.accounts[refund.account]))
+        if op is Op.SEND and not decision.counted:
+            values["attempts"] = refund.attempts - 1
+        reason = decision.reason if message is None else f"{decision.reason}: {message}"
+        if to is S.QUEUED and "next_action_at" in values:
+            reason += f" (again in {values['next_action_at'].total_seconds():.1f}s)"
+        moved = self._move(
+            refund,
+            to,
+            reason=reason,
+            provider_status=raw,
+            response=None if response is None else response_record(response),
+            answer=answer,
+            values=values,
+        )
+        return to.value if moved else "lost_race"
+
+    def _adopt(self, refund: Refund, result: StatusResult, why: str, response: Response) -> str:
+        """Record what the provider says it has (after a send, a lookup or a poll)."""
+        frm = S(refund.status)
         now = utcnow()
         to = result.status
+        answer = _answer_record(Outcome.ANSWER, result, None, response)
         values: dict[str, Any] = {
             "polls": 0,
             "last_error": None,
             "detail": {**refund.detail, **result.detail},
             "status_deadline": self._status_deadline(to, now),
-            "next_action_at": None if is_terminal(to) else now + timedelta(seconds=self._poll_delay(to, 0)),
+            "next_action_at": None if is_terminal(to) else timedelta(seconds=self._poll_delay(to, 0)),
         }
         if result.provider_refund_id:
             values["provider_refund_id"] = result.provider_refund_id
         reason = why if not result.reason else f"{why}: {result.reason}"
         if not allowed(frm, to):
-            to, reason = S.NEEDS_ATTENTION, f"provider reported {result.raw_status} ({to.value}) while {frm.value}"
-            values["next_action_at"] = None
-        self._move(
+            return self._attention(
+                refund,
+                f"provider reported {result.raw_status} ({to.value}) while {frm.value}",
+                response=response,
+                provider_status=result.raw_status,
+                answer=answer,
+            )
+        moved = self._move(
             refund,
-            frm,
             to,
             reason=reason,
             provider_status=result.raw_status,
             response=response_record(response),
+            answer=answer,
             values=values,
         )
-        return to.value
+        return to.value if moved else "lost_race"
+
+    def _duplicate(self, refund: Refund, op: Op, ids: Sequence[str], response: Response | None) -> str:
+        """More than one provider record of this refund: every id, to an operator."""
+        ids = sorted(set(ids))
+        return self._attention(
+            refund,
+            f"{op.value}: the provider holds this refund {len(ids)} times: {', '.join(ids)}",
+            response=response,
+            detail={**refund.detail, "provider_refund_ids": ids},
+        )
 
     # --- submit ----------------------------------------------------------------------------------
 
@@ -293,53 +417,80 @@ class Engine:
         with _bound(refund):
             status = S(refund.status)
             if status is S.QUEUED:
-                return self._claim_and_send(refund, S.QUEUED)
+                return self._claim_and_send(refund)
             if status is S.UNKNOWN:
                 return self._resolve_unknown(refund)
             log.info("submit_skipped", status=status.value)
             return "skipped"
 
-    def _claim_and_send(self, refund: Refund, frm: S) -> str:
+    def _claim_and_send(self, refund: Refund) -> str:
+        """Claim a queued refund, or an unknown one whose lookup proved it absent, and send it.
+        The claim bumps the fencing token; from unknown it also needs the settle time passed."""
+        frm = S(refund.status)
         if refund.attempts >= self.settings.max_attempts:
-            self._attention(
-                refund, frm, f"gave up after {refund.attempts} send attempts: {refund.last_error or 'no answer'}"
+            return self._attention(
+                refund, f"gave up after {refund.attempts} send attempts: {refund.last_error or 'no answer'}"
             )
-            return "gave_up"
         # Admission before the claim: while the breaker is open or the account's rate limit has
         # no token for a while, the refund goes back to the schedule as it is (no attempt counted).
         account = self.rt.accounts[refund.account]
         try:
             admitted = self._admit(account)
-        except (CircuitOpen, Throttled) as exc:
+        except NotSent as exc:
             delay = exc.wait * random.uniform(1.0, 1.5)
-            self._later(refund, frm, delay)
+            self._later(refund, delay)
             log.info("send_deferred", why=str(exc), retry_in=round(delay, 2))
-            return "circuit_open" if isinstance(exc, CircuitOpen) else "throttled"
-        lease = utcnow() + timedelta(seconds=self.settings.lease_seconds)
-        if not self._move(
-            refund,
-            frm,
-            S.SUBMITTING,
-            reason="claimed for send",
-            values={"attempts": refund.attempts + 1, "next_action_at": lease},
-        ):
+            return "deferred"
+        try:
+            with self.rt.engine.begin() as conn:
+                claim = store.transition(
+                    conn,
+                    refund.id,
+                    frm,
+                    S.SUBMITTING,
+                    reason="claimed for send"
+                    if frm is S.QUEUED
+                    else "claimed for send again: the provider proved it has none",
+                    claim=refund.claim,
+                    guard=store.settled(conn) if frm is S.UNKNOWN else None,
+                    values={
+                        "claim": refund_table.c.claim + 1,
+                        "attempts": refund.attempts + 1,
+                        "next_action_at": timedelta(seconds=self.settings.lease_seconds),
+                    },
+                )
+        except store.LostRace:
             self.rt.breaker.abandon(account, admitted)
+            if frm is S.UNKNOWN and refund.settle_until is not None:
+                # Most likely not settled yet: look again once it is (a lost race changes nothing).
+                wait = max((refund.settle_until - utcnow()).total_seconds(), 0.0) + random.uniform(0.5, 1.5)
+                if self._later(refund, wait):
+                    log.info("absent_not_settled", retry_in=round(wait, 2))
+                    return "settling"
             return "lost_race"
-        refund = refund.model_copy(update={"status": S.SUBMITTING.value, "attempts": refund.attempts + 1})
+        log.info("status", frm=frm.value, to="submitting", claim=claim)
+        refund = refund.model_copy(
+            update={"status": S.SUBMITTING.value, "attempts": refund.attempts + 1, "claim": claim}
+        )
         return self._send(refund, admitted)
 
     def _send(self, refund: Refund, admitted: Pass | None = None) -> str:
         """`admitted`: the first request was admitted before the claim; re-signs are admitted here."""
         adapter, account, spec = self._parts(refund)
         for resign in range(NONCE_RESIGNS + 1):
-            # Renew the claim before every send. The threads pool enforces no time limit, so a
-            # slow task must prove it still holds the row; if the dispatcher took it over
-            # (lease expired -> unknown), sending now could pay twice.
-            lease = utcnow() + timedelta(seconds=self.settings.lease_seconds)
+            # Renew the claim before every send: the request's every wait and the call itself fit
+            # in one lease (worker/app.py), and a claim taken over since is never sent on.
             with self.rt.engine.begin() as conn:
-                if not store.touch(conn, refund.id, S.SUBMITTING, {"next_action_at": lease}):
-                    log.warning("claim_lost_before_send")
-                    return "claim_lost"
+                renewed = store.touch(
+                    conn,
+                    refund.id,
+                    S.SUBMITTING,
+                    {"next_action_at": timedelta(seconds=self.settings.lease_seconds)},
+                    claim=refund.claim,
+                )
+            if not renewed:
+                log.warning("claim_lost_before_send", claim=refund.claim)
+                return "claim_lost"
             try:
                 response = self.call(
                     adapter,
@@ -347,136 +498,56 @@ class Engine:
                     lambda nonce: adapter.build_submit(spec, account, nonce),
                     admitted if resign == 0 else None,
                 )
-            except (LaneBusy, Throttled, CircuitOpen) as exc:
-                # Nothing left (a refused nonce was not executed either): back to queued, and
-                # this claim does not count as an attempt.
-                delay = exc.wait * random.uniform(1.0, 1.5)
-                self._move(
-                    refund,
-                    S.SUBMITTING,
-                    S.QUEUED,
-                    reason=f"not sent, back in {delay:.1f}s (no attempt counted): {exc}",
-                    values={"attempts": refund.attempts - 1, "next_action_at": utcnow() + timedelta(seconds=delay)},
-                )
-                return "deferred"
-            except TransportError as exc:
-                if not exc.sent:
-                    return self._requeue(refund, str(exc))
-                return self._to_unknown(refund, str(exc), None)
+            except (NotSent, MaybeSent) as exc:
+                return self._after(refund, Op.SEND, outcome_of(exc), exc=exc)
             if random.random() < float(os.environ.get("REFUNDQ_CHAOS_KILL_AFTER_SEND") or 0):
                 os._exit(1)  # chaos (worker/chaos.py): die between the provider's answer and the DB commit
             try:
                 result = adapter.parse_submit(spec, account, response)
             except ProviderError as exc:
-                if exc.kind is ErrorKind.RATE_LIMITED:
-                    self.rt.limiter.penalize(account, exc.retry_after)
                 if exc.kind is ErrorKind.NONCE:
                     # Key id only, never the key. Each re-sign is part of a burst worth a look.
                     if resign < NONCE_RESIGNS:
                         log.warning("nonce_rejected", resign=resign + 1, key_id=key_id(account))
                         continue
                     log.warning("nonce_rejected_burst", resigns=NONCE_RESIGNS, key_id=key_id(account))
-                return self._submit_refused(refund, exc, response)
-            return self._adopt(refund, S.SUBMITTING, result, "accepted by the provider", response)
+                return self._after(refund, Op.SEND, outcome_of(exc), exc=exc, response=response)
+            if result.others:
+                return self._duplicate(refund, Op.SEND, [result.provider_refund_id or "", *result.others], response)
+            return self._after(refund, Op.SEND, Outcome.ANSWER, result=result, response=response)
         raise AssertionError("unreachable")
-
-    def _requeue(self, refund: Refund, error: str, retry_after: float | None = None) -> str:
-        delay = max(retry_after or 0.0, backoff(refund.attempts, self.settings.retry_initial, self.settings.retry_max))
-        self._move(
-            refund,
-            S.SUBMITTING,
-            S.QUEUED,
-            reason=f"not sent, retry in {delay:.1f}s: {error}",
-            values={
-                "next_action_at": utcnow() + timedelta(seconds=delay),
-                "last_error": redact(error)[:2000],
-            },
-        )
-        return "requeued"
-
-    def _to_unknown(self, refund: Refund, error: str, response: Response | None) -> str:
-        self._move(
-            refund,
-            S.SUBMITTING,
-            S.UNKNOWN,
-            reason=f"outcome unknown, lookup before any resend: {error}",
-            response=None if response is None else response_record(response),
-            values={"next_action_at": utcnow() + timedelta(seconds=1), "last_error": redact(error)[:2000]},
-        )
-        return "unknown"
-
-    def _submit_refused(self, refund: Refund, exc: ProviderError, response: Response) -> str:
-        kind = exc.kind
-        message = redact(str(exc))
-        if kind in (ErrorKind.RETRYABLE, ErrorKind.RATE_LIMITED, ErrorKind.NONCE):
-            return self._requeue(refund, message, exc.retry_after)
-        if kind is ErrorKind.AMBIGUOUS:
-            return self._to_unknown(refund, message, response)
-        if kind is ErrorKind.UNMAPPED:
-            return self._attention(
-                refund, S.SUBMITTING, message, response=response, provider_status=exc.raw_status, last_error=message
-            )
-        why = "provider refused our credentials (check the account's keys)" if kind is ErrorKind.AUTH else "refused"
-        # A refused refund frees its invoice for a corrected one.
-        self._move(
-            refund,
-            S.SUBMITTING,
-            S.REJECTED,
-            reason=f"{why}: {message}",
-            provider_status=exc.raw_status,
-            response=response_record(response),
-            values={"next_action_at": None, "last_error": message, "exclusive_key": None},
-        )
-        return S.REJECTED.value
 
     # --- unknown: look up before any resend -----------------------------------------------------
 
     def _resolve_unknown(self, refund: Refund) -> str:
         if utcnow() > refund.deadline:
-            return self._attention(
-                refund, S.UNKNOWN, "deadline passed before the provider could tell whether it has this refund"
-            )
+            return self._attention(refund, "deadline passed before the provider could tell whether it has this refund")
         adapter, account, spec = self._parts(refund)
-        retry = backoff(refund.polls, self.settings.retry_initial, self.settings.retry_max)
         try:
             found, response = self._lookup(adapter, account, spec)
-        except (LaneBusy, Throttled, CircuitOpen) as exc:
-            self._later(refund, S.UNKNOWN, exc.wait * random.uniform(1.0, 1.5))
-            log.info("lookup_deferred", why=str(exc))
-            return "deferred"
-        except TransportError as exc:
-            self._later(refund, S.UNKNOWN, retry, f"lookup failed: {exc}", polls=refund.polls + 1)
-            return "lookup_retry"
-        except ProviderError as exc:
-            if exc.kind is ErrorKind.RATE_LIMITED:
-                self.rt.limiter.penalize(account, exc.retry_after)
-            if exc.kind in _READ_RETRY:
-                self._later(
-                    refund,
-                    S.UNKNOWN,
-                    max(retry, exc.retry_after or 0),
-                    f"lookup failed: {exc}",
-                    polls=refund.polls + 1,
-                )
-                return "lookup_retry"
-            to = S.REJECTED if exc.kind is ErrorKind.REJECTED else S.NEEDS_ATTENTION
-            self._move(
-                refund,
-                S.UNKNOWN,
-                to,
-                reason=f"lookup: {redact(str(exc))}",
-                provider_status=exc.raw_status,
-                values={"next_action_at": None, "last_error": redact(str(exc))},
-            )
-            return to.value
+        except (NotSent, MaybeSent, ProviderError) as exc:
+            return self._after(refund, Op.LOOKUP, outcome_of(exc), exc=exc)
+        with self.rt.engine.connect() as conn:
+            late = store.late_answers(conn, refund.id)
+        late_ids = {str(a["provider_refund_id"]) for a in late if a.get("provider_refund_id")}
         if found is not None:
-            return self._adopt(refund, S.UNKNOWN, found, "lookup found the refund at the provider", response)
+            ids = {found.provider_refund_id, *found.others, *late_ids} - {None, ""}
+            if found.others or len(ids) > 1:
+                return self._duplicate(refund, Op.LOOKUP, [str(i) for i in ids], response)
+            return self._after(refund, Op.LOOKUP, Outcome.ANSWER, result=found, response=response)
+        if any(a.get("outcome") == Outcome.ANSWER.value for a in late):
+            # A superseded claim was told "accepted", yet the lookup finds nothing: never resend.
+            return self._attention(
+                refund,
+                "lookup finds nothing, but the provider accepted this refund from an earlier claim (late answer)",
+                response=response,
+            )
         log.info("lookup_absent")
-        return self._claim_and_send(refund, S.UNKNOWN)
+        return self._after(refund, Op.LOOKUP, Outcome.ABSENT, response=response)
 
     def _lookup(self, adapter: Adapter, account: Account, spec: RefundSpec) -> tuple[StatusResult | None, Response]:
         """The provider's record of this refund, paging where its lookup is a list. A lookup that
-        cannot finish within `lookup_max_pages` is an error (retried later), never "absent"."""
+        cannot finish within `lookup_max_pages` is unsure (retried later), never "absent"."""
         for page in range(self.settings.lookup_max_pages):
             paged = replace(spec, lookup_page=page)
             response = self.call(adapter, account, partial(adapter.build_lookup, paged, account))
@@ -484,20 +555,25 @@ class Engine:
                 return adapter.parse_lookup(paged, account, response), response
             except LookupNextPage:
                 continue
-        raise ProviderError(ErrorKind.RETRYABLE, f"lookup did not finish within {self.settings.lookup_max_pages} pages")
+        raise ProviderError(ErrorKind.UNSURE, f"lookup did not finish within {self.settings.lookup_max_pages} pages")
 
     # --- poll ------------------------------------------------------------------------------------
 
     def poll(self, refund_ids: Sequence[str]) -> dict[str, str]:
         """Poll a batch within the soft time limit (the threads pool enforces none); the rest of
-        the batch stays claimed until its lease ends, then the dispatcher sends it again."""
+        the batch stays claimed until its lease ends, then the dispatcher sends it again. One
+        refund's surprise never stops the others: it is logged and that refund polled again later."""
         budget_end = time.monotonic() + self.settings.task_soft_time_limit
         out = {}
         for refund_id in refund_ids:
             if time.monotonic() > budget_end:
                 out[refund_id] = "deferred"
                 continue
-            out[refund_id] = self.poll_one(refund_id)
+            try:
+                out[refund_id] = self.poll_one(refund_id)
+            except Exception as exc:
+                log.error("poll_failed", refund_id=refund_id, error=redact(f"{type(exc).__name__}: {exc}"))
+                out[refund_id] = "error"
         return out
 
     def poll_one(self, refund_id: str) -> str:
@@ -509,110 +585,112 @@ class Engine:
             return "skipped"
         with _bound(refund):
             if utcnow() > (refund.status_deadline or refund.deadline):
-                return self._attention(refund, status, f"deadline passed while {status.value}")
+                return self._attention(refund, f"deadline passed while {status.value}")
             adapter, account, spec = self._parts(refund)
-            delay = self._poll_delay(status, refund.polls + 1)
+            response: Response | None = None
             try:
                 response = self.call(adapter, account, lambda nonce: adapter.build_status(spec, account, nonce))
                 result = adapter.parse_status(spec, account, response)
-            except (LaneBusy, Throttled, CircuitOpen) as exc:
-                self._later(refund, status, exc.wait * random.uniform(1.0, 1.5))
-                log.info("poll_deferred", why=str(exc))
-                return "deferred"
-            except TransportError as exc:
-                self._later(refund, status, delay, f"poll failed: {exc}", polls=refund.polls + 1)
-                return "poll_retry"
-            except ProviderError as exc:
-                if exc.kind is ErrorKind.RATE_LIMITED:
-                    self.rt.limiter.penalize(account, exc.retry_after)
-                if exc.kind in _READ_RETRY:
-                    self._later(
-                        refund,
-                        status,
-                        max(delay, exc.retry_after or 0),
-                        f"poll failed: {exc}",
-                        polls=refund.polls + 1,
-                    )
-                    return "poll_retry"
-                # Undocumented status, or the provider no longer knows an accepted refund.
-                message = redact(str(exc))
-                return self._attention(
-                    refund, status, message, response=response, provider_status=exc.raw_status, last_error=message
-                )
-            return self._apply_status(refund, status, result, response, delay)
+            except (NotSent, MaybeSent, ProviderError) as exc:
+                return self._after(refund, Op.POLL, outcome_of(exc), exc=exc, response=response)
+            if result.others:
+                return self._duplicate(refund, Op.POLL, [result.provider_refund_id or "", *result.others], response)
+            return self._apply_status(refund, result, response)
 
-    def _apply_status(self, refund: Refund, status: S, result: StatusResult, response: Response, delay: float) -> str:
+    def _apply_status(self, refund: Refund, result: StatusResult, response: Response) -> str:
+        status = S(refund.status)
         problems = integrity_problems(refund, result)
         if problems:  # the provider's record contradicts what we asked for: an operator decides
             return self._attention(
                 refund,
-                status,
                 "integrity: " + "; ".join(problems),
                 response=response,
                 provider_status=result.raw_status,
                 detail={**refund.detail, "integrity": integrity_record(refund, result, problems)},
             )
-        if result.status is status:
-            values: dict[str, Any] = {
-                "polls": refund.polls + 1,
-                "next_action_at": utcnow() + timedelta(seconds=delay),
-            }
-            with self.rt.engine.begin() as conn:
-                if result.raw_status != refund.provider_status:
-                    values["provider_status"] = result.raw_status
-                    store.add_event(
-                        conn,
-                        refund.id,
-                        status,
-                        f"provider status {result.raw_status}",
-                        response_record(response),
-                    )
-                store.touch(conn, refund.id, status, values)
-            return status.value
-        if not allowed(status, result.status):
-            return self._attention(
-                refund,
-                status,
-                f"provider moved the refund {status.value} -> {result.status.value} ({result.raw_status})",
-                response=response,
-                provider_status=result.raw_status,
-            )
-        return self._adopt(refund, status, result, "provider status", response)
+        if result.status is not status:
+            return self._after(refund, Op.POLL, Outcome.ANSWER, result=result, response=response)
+        values: dict[str, Any] = {
+            "polls": refund.polls + 1,
+            "next_action_at": timedelta(seconds=self._poll_delay(status, refund.polls + 1)),
+        }
+        with self.rt.engine.begin() as conn:
+            if result.raw_status != refund.provider_status:
+                values["provider_status"] = result.raw_status
+                store.add_event(
+                    conn, refund.id, status, f"provider status {result.raw_status}", response_record(response)
+                )
+            store.touch(conn, refund.id, status, values, claim=refund.claim)
+        return status.value
 
     # --- dispatch --------------------------------------------------------------------------------
 
     def dispatch_once(self) -> dict[str, int]:
-        """Claim due rows, push their next_action_at forward as a lease, publish their work."""
-        now = utcnow()
-        lease = now + timedelta(seconds=self.settings.lease_seconds)
-        with self.rt.engine.begin() as conn:
-            rows = store.claim_due(conn, now, lease, self.settings.dispatch_batch)
+        """Take over expired send claims (to unknown: lookup first), claim due rows by pushing
+        their next_action_at forward as a lease, publish their work. All on the database clock."""
+        lease = self.settings.lease_seconds
         sends: list[str] = []
+        with self.rt.engine.begin() as conn:
+            for row in store.expired_claims(conn, self.settings.dispatch_batch):
+                # Guarded by the claim and by the lease still being expired in the UPDATE itself:
+                # a renewal committed a moment ago wins, and the worker goes on with its send.
+                try:
+                    store.transition(
+                        conn,
+                        row.id,
+                        S.SUBMITTING,
+                        S.UNKNOWN,
+                        reason=f"send lease expired (claim {row.claim}: its worker died or stalled); lookup first",
+                        claim=row.claim,
+                        guard=store.lease_expired(conn),
+                        values={
+                            "next_action_at": timedelta(seconds=lease),
+                            "settle_until": timedelta(seconds=self.settle_seconds(self.rt.accounts[row.account])),
+                        },
+                    )
+                except store.LostRace:
+                    continue
+                sends.append(row.id)
+        taken_over = len(sends)
+        with self.rt.engine.begin() as conn:
+            rows = store.claim_due(conn, lease, self.settings.dispatch_batch)
         polls: dict[str, list[str]] = defaultdict(list)
         for row in rows:
-            status = S(row.status)
-            if status is S.SUBMITTING:
-                # Its lease ran out: the worker died mid-send. The request may have left.
-                with self.rt.engine.begin() as conn:
-                    try:
-                        store.transition(
-                            conn,
-                            row.id,
-                            S.SUBMITTING,
-                            S.UNKNOWN,
-                            reason="send lease expired (worker died mid-send); lookup first",
-                        )
-                    except store.LostRace:
-                        continue
-                sends.append(row.id)
-            elif status in (S.QUEUED, S.UNKNOWN):
+            if S(row.status) in (S.QUEUED, S.UNKNOWN):
                 sends.append(row.id)
             else:
                 polls[row.account].append(row.id)
         batch = self.settings.poll_batch
         poll_groups = [ids[i : i + batch] for ids in polls.values() for i in range(0, len(ids), batch)]
         publish(sends, poll_groups)
-        return {"claimed": len(rows), "sends": len(sends), "polls": sum(len(g) for g in poll_groups)}
+        return {
+            "taken_over": taken_over,
+            "claimed": len(rows),
+            "sends": len(sends),
+            "polls": sum(len(g) for g in poll_groups),
+        }
+
+
+def _answer_record(
+    outcome: Outcome, result: StatusResult | None, exc: BaseException | None, response: Response | None
+) -> dict[str, Any] | None:
+    """What the provider told us, for a late-answer event (ids and statuses only; no bodies).
+    None when the provider told us nothing."""
+    if response is None and result is None:
+        return None
+    record: dict[str, Any] = {"outcome": outcome.value}
+    if response is not None:
+        record["http_status"] = response.status_code
+    if result is not None:
+        record.update(
+            status=result.status.value,
+            raw_status=result.raw_status,
+            provider_refund_id=result.provider_refund_id,
+            others=list(result.others),
+        )
+    if isinstance(exc, ProviderError):
+        record.update(error_kind=exc.kind.value, raw_status=exc.raw_status, code=exc.code)
+    return record
 
 
 def publish(sends: Sequence[str], poll_groups: Sequence[Sequence[str]]) -> None:

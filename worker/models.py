@@ -19,9 +19,11 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
+from worker import clock
+
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 class Money(TypeDecorator[Decimal]):
@@ -95,6 +97,12 @@ class Refund(SQLModel, table=True):
     provider_status: str | None = Field(default=None, max_length=64)
     provider_refund_id: str | None = Field(default=None, max_length=200)
     attempts: int = 0  # sends (a lookup-then-resend counts; a nonce re-sign does not)
+    # Fencing token: bumped by every claim for a send. Every write made under a claim is guarded by
+    # it, so a worker whose claim was taken over (lease expired) can change nothing.
+    claim: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Before this (database clock), a lookup's "absent" is not believed: the provider may still
+    # execute a create it received before the last ambiguous send ended.
+    settle_until: datetime | None = Field(default=None, sa_column=Column(TZDateTime(), nullable=True))
     polls: int = 0  # polls since the last status change (drives the backoff)
     next_action_at: datetime | None = Field(default=None, sa_column=Column(TZDateTime(), nullable=True))
     deadline: datetime = Field(sa_column=Column(TZDateTime(), nullable=False))

@@ -1,4 +1,5 @@
-"""Nonces per (provider, API key): shared by every worker through one Redis Lua script."""
+"""Nonces per (provider, API key): shared by every worker through one Redis Lua script, on
+Redis's clock (`nonces.lua`), so no worker's clock skew reaches a signature."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ from redis import Redis
 
 from config.accounts import Account
 from providers.base import NoncePolicy, NonceUnit
+from worker.clock import time_ns
+from worker.errors import NonceWait
 
 _SCRIPT = (Path(__file__).parent / "nonces.lua").read_text()
 _SCALE = {NonceUnit.S: 1, NonceUnit.MS: 1_000, NonceUnit.US: 1_000_000}
+_MICROS = {NonceUnit.S: 1_000_000, NonceUnit.MS: 1_000, NonceUnit.US: 1}
+MAX_WAIT = 0.5  # seconds; a counter further ahead than this gives the refund back to the schedule
 
 
 def clock(unit: NonceUnit) -> int:
-    return time.time_ns() * _SCALE[unit] // 1_000_000_000
+    return time_ns() * _SCALE[unit] // 1_000_000_000
 
 
 def key_id(account: Account) -> str:
@@ -26,24 +31,30 @@ def key_id(account: Account) -> str:
 
 
 class NonceAllocator:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, *, max_wait: float = MAX_WAIT) -> None:
         self._redis = redis
         self._prefix = prefix
         self._script = redis.register_script(_SCRIPT)
+        self.max_wait = max_wait
 
     def next(self, account: Account, policy: NoncePolicy, unit: NonceUnit) -> int:
+        """Raises NonceWait (nothing sent) rather than sleep past `max_wait`: the caller may hold
+        a claim or a lane, whose time is counted."""
         if policy is NoncePolicy.NONE:
             return 0
-        now = clock(unit)
         if policy is NoncePolicy.TIMESTAMP and unit is NonceUnit.S:
             # Second-resolution timestamps cannot also be strictly increasing under load
             # without running ahead of the provider's clock window; send the clock as is.
-            return now
+            return clock(unit)
         key = f"{self._prefix}:nonce:{account.provider}:{key_id(account)}"
+        deadline = time.monotonic() + self.max_wait
         # One nonce per clock unit per key at most (1,000/s in ms): far above any provider's limit.
         for _ in range(1000):
-            issued, value = self._script(keys=[key], args=[clock(unit)])
+            issued, value = self._script(keys=[key], args=[_MICROS[unit]])
             if int(issued):
                 return int(value)
-            time.sleep(min(int(value) / _SCALE[unit], 0.05))
-        raise TimeoutError(f"no nonce for {account.name}: the counter is far ahead of this machine's clock")
+            wait = int(value) / _SCALE[unit]
+            if time.monotonic() + wait > deadline:
+                raise NonceWait(f"nonce counter of {account.name} is {wait:.3f}s ahead of the clock", max(wait, 0.05))
+            time.sleep(min(wait, 0.05))
+        raise NonceWait(f"no nonce for {account.name} after 1000 tries")

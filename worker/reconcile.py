@@ -28,16 +28,16 @@ import structlog
 from sqlalchemy import select
 
 from providers import get_adapter
-from providers.base import ErrorKind, ProviderError, RefundStatus, Response, StatusResult
+from providers.base import ProviderError, RefundStatus, Response, StatusResult
 from worker import store
 from worker.breaker import CircuitOpen
-from worker.engine import _READ_RETRY, Engine, integrity_problems, integrity_record, response_record, spec_of
-from worker.lane import LaneBusy
+from worker.engine import Engine, integrity_problems, integrity_record, response_record, spec_of
+from worker.errors import MaybeSent, NotSent
 from worker.models import Refund, refund_table, utcnow
-from worker.ratelimit import Throttled
+from worker.policy import Next, Op, decide, outcome_of
 from worker.runtime import Runtime
 from worker.states import POLLED
-from worker.transport import TransportError
+from worker.transport import ConnectFailed
 
 log = structlog.get_logger("refundq.reconcile")
 S = RefundStatus
@@ -74,6 +74,17 @@ class ReconcileReport:
     @property
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.outcome == "error"]
+
+
+def duplicates(refund: Refund, result: StatusResult, late: Sequence[dict[str, Any]]) -> list[str]:
+    """Provider records of this refund beyond the one we hold: other records the provider reports,
+    and ids that superseded claims were given (late answers)."""
+    ours = refund.provider_refund_id or result.provider_refund_id
+    others = set(result.others) | {str(a["provider_refund_id"]) for a in late if a.get("provider_refund_id")}
+    others -= {ours, None, ""}
+    if not others:
+        return []
+    return [f"duplicate: the provider holds this refund as {', '.join(sorted({str(ours), *others}))}"]
 
 
 def parse_since(text: str) -> timedelta:
@@ -125,8 +136,8 @@ class Reconciler:
         for attempt in range(ADMISSION_TRIES):
             try:
                 return self.engine.call(adapter, account, lambda nonce: adapter.build_status(spec, account, nonce))
-            except (LaneBusy, Throttled, CircuitOpen) as exc:
-                if attempt + 1 == ADMISSION_TRIES or isinstance(exc, CircuitOpen):
+            except NotSent as exc:
+                if attempt + 1 == ADMISSION_TRIES or isinstance(exc, CircuitOpen | ConnectFailed):
                     raise
                 time.sleep(min(exc.wait, MAX_ADMISSION_WAIT))
         raise AssertionError("unreachable")
@@ -146,7 +157,7 @@ class Reconciler:
             return finding
         try:
             response = self._read(refund)
-        except (LaneBusy, Throttled, CircuitOpen, TransportError) as exc:
+        except (NotSent, MaybeSent) as exc:
             finding.outcome, finding.error = "error", f"{type(exc).__name__}: {exc}"
             return finding
         adapter, account = get_adapter(refund.provider), self.rt.accounts[refund.account]
@@ -154,9 +165,10 @@ class Reconciler:
             result = adapter.parse_status(spec_of(refund), account, response)
         except ProviderError as exc:
             finding.error = f"{exc.kind.value}: {exc}"
-            if exc.kind is ErrorKind.RATE_LIMITED:
+            decision = decide(Op.RECONCILE, outcome_of(exc))
+            if decision.penalty:
                 self.rt.limiter.penalize(account, exc.retry_after)
-            if exc.kind in _READ_RETRY or status not in FINISHED:
+            if decision.to is Next.STAY or status not in FINISHED:
                 finding.outcome = "error"  # open refunds: the poller acts on its next poll
                 return finding
             # A finished refund the provider no longer knows, or reports in an undocumented state.
@@ -168,6 +180,7 @@ class Reconciler:
             problems.insert(
                 0, f"status: ours {status.value}, provider reports {result.status.value} ({result.raw_status})"
             )
+        problems += duplicates(refund, result, self._late_answers(refund.id))
         if not problems:
             return finding
         finding.problems = problems
@@ -212,6 +225,10 @@ class Reconciler:
         finding.outcome = "drift"
         log.warning("reconcile_drift", refund_id=refund.id, problems=finding.problems)
         return finding
+
+    def _late_answers(self, refund_id: str) -> list[dict[str, Any]]:
+        with self.rt.engine.connect() as conn:
+            return store.late_answers(conn, refund_id)
 
     def run(self, refund_ids: Sequence[str], progress: Callable[[int], None] | None = None) -> ReconcileReport:
         report = ReconcileReport()

@@ -19,8 +19,9 @@ EDGES: dict[S, frozenset[S]] = {
     # After a send: accepted (any provider status), refused, failed before send (back to
     # queued), or ambiguous (unknown).
     S.SUBMITTING: _OPEN_AT_PROVIDER | {S.QUEUED, S.UNKNOWN, S.REJECTED},
-    # A lookup adopts what the provider has, or finds nothing and re-sends (submitting).
-    S.UNKNOWN: _OPEN_AT_PROVIDER | {S.SUBMITTING, S.REJECTED},
+    # A lookup adopts what the provider has, or proves it absent and re-sends (submitting). Never
+    # rejected: a read cannot prove that a request which may have been executed was refused.
+    S.UNKNOWN: _OPEN_AT_PROVIDER | {S.SUBMITTING},
     S.PENDING: _OPEN_AT_PROVIDER - {S.PENDING},
     S.PROCESSING: _OPEN_AT_PROVIDER - {S.PROCESSING},
     S.ACTION_REQUIRED: _OPEN_AT_PROVIDER - {S.ACTION_REQUIRED},

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Row, func, insert, select, update
+from sqlalchemy import JSON, ColumnElement, Connection, Row, func, insert, select, update
 
 from config.logging import scrub
 from providers.base import RefundStatus
@@ -42,9 +42,36 @@ class IllegalTransition(TransitionError):
 
 
 class LostRace(TransitionError):
-    def __init__(self, refund_id: str, frm: RefundStatus, to: RefundStatus) -> None:
-        super().__init__(f"refund {refund_id}: expected status {frm} for -> {to}, but it changed meanwhile")
+    """The row is no longer what the caller believed: its status moved, or (with a claim) the claim
+    was taken over. Whoever holds it now decides; the caller changes nothing."""
+
+    def __init__(self, refund_id: str, frm: RefundStatus, to: RefundStatus, claim: int | None = None) -> None:
+        under = "" if claim is None else f" under claim {claim}"
+        super().__init__(f"refund {refund_id}: expected status {frm}{under} for -> {to}, but it changed meanwhile")
         self.refund_id, self.frm, self.to = refund_id, frm, to
+
+
+def db_time(conn: Connection, seconds: float = 0.0) -> ColumnElement[Any]:
+    """The database's clock, plus `seconds`. Leases, settle times and due times are written and
+    judged on this one clock, never on a worker's (which may be skewed). SQLite's clock is the
+    host's, read in SQL in the format SQLAlchemy stores datetimes in (microseconds)."""
+    if conn.dialect.name == "postgresql":
+        return func.now() + timedelta(seconds=seconds) if seconds else func.now()
+    return func.strftime("%Y-%m-%d %H:%M:%f", "now", f"{seconds:+.3f} seconds").op("||")("000")
+
+
+def _on_db_clock(conn: Connection, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A timedelta given for a datetime column means "that long after the database's now"."""
+    return {k: db_time(conn, v.total_seconds()) if isinstance(v, timedelta) else v for k, v in values.items()}
+
+
+def _guards(refund_id: str, status: RefundStatus, claim: int | None, guard: Any) -> list[Any]:
+    where = [R.id == refund_id, R.status == status.value]
+    if claim is not None:
+        where.append(R.claim == claim)
+    if guard is not None:
+        where.append(guard)
+    return where
 
 
 def _refund(row: Row[Any] | None) -> Refund | None:
@@ -163,19 +190,27 @@ def transition(
     provider_status: str | None = None,
     response: Any = None,
     values: Mapping[str, Any] | None = None,
-) -> None:
-    """Move one refund frm -> to, or raise and change nothing."""
+    claim: int | None = None,
+    guard: Any = None,
+) -> int:
+    """Move one refund frm -> to, or raise and change nothing. With `claim`, only while that claim
+    holds the row; `guard` is one more condition. Returns the row's claim after the move."""
     if not allowed(frm, to):
         raise IllegalTransition(refund_id, frm, to)
     now = utcnow()
-    changes: dict[str, Any] = {"status": to.value, "updated_at": now, **(values or {})}
+    changes: dict[str, Any] = {"status": to.value, "updated_at": now, **_on_db_clock(conn, values or {})}
+    if to in FREES_EXCLUSIVE_KEY:
+        changes["exclusive_key"] = None  # nothing was paid: the invoice is free for a corrected refund
     if provider_status is not None:
         changes["provider_status"] = provider_status
     moved = conn.execute(
-        update(refund_table).where(R.id == refund_id, R.status == frm.value).values(**changes).returning(R.batch_id)
+        update(refund_table)
+        .where(*_guards(refund_id, frm, claim, guard))
+        .values(**changes)
+        .returning(R.batch_id, R.claim)
     ).all()
     if len(moved) != 1:
-        raise LostRace(refund_id, frm, to)
+        raise LostRace(refund_id, frm, to, claim)
     if moved[0].batch_id is not None:
         count_batch_move(conn, moved[0].batch_id, frm.value, to.value, now)
     conn.execute(
@@ -189,6 +224,7 @@ def transition(
             created_at=now,
         )
     )
+    return int(moved[0].claim)
 
 
 def count_batch_move(conn: Connection, batch_id: str, frm: str, to: str, now: datetime) -> None:
@@ -208,10 +244,20 @@ def count_batch_move(conn: Connection, batch_id: str, frm: str, to: str, now: da
     )
 
 
-def touch(conn: Connection, refund_id: str, status: RefundStatus, values: Mapping[str, Any]) -> bool:
-    """Update non-status columns, guarded by the status we believe it has. False if it moved."""
+def touch(
+    conn: Connection,
+    refund_id: str,
+    status: RefundStatus,
+    values: Mapping[str, Any],
+    *,
+    claim: int | None = None,
+    guard: Any = None,
+) -> bool:
+    """Update non-status columns, guarded by the status (and claim) we believe it has. False if it moved."""
     result = conn.execute(
-        update(refund_table).where(R.id == refund_id, R.status == status.value).values(updated_at=utcnow(), **values)
+        update(refund_table)
+        .where(*_guards(refund_id, status, claim, guard))
+        .values(updated_at=utcnow(), **_on_db_clock(conn, values))
     )
     return result.rowcount == 1
 
@@ -230,30 +276,71 @@ def add_event(conn: Connection, refund_id: str, status: RefundStatus, reason: st
     )
 
 
-DUE_STATUSES = (RefundStatus.QUEUED, RefundStatus.SUBMITTING, RefundStatus.UNKNOWN, *POLLED)
+def add_late_answer(conn: Connection, refund_id: str, reason: str, record: Mapping[str, Any]) -> None:
+    """What a provider told a worker whose claim was already gone. It changes nothing on the row
+    (someone else holds it), but it is kept: the next lookup and reconciliation read it."""
+    status = conn.execute(select(R.status).where(R.id == refund_id)).scalar_one()
+    add_event(conn, refund_id, RefundStatus(status), f"{LATE_ANSWER}: {reason}", {LATE_ANSWER: dict(record)})
 
 
-def claim_due(conn: Connection, now: datetime, lease_until: datetime, limit: int) -> list[Row[Any]]:
-    """Claim due rows by pushing next_action_at forward (the lease). On PostgreSQL the inner
-    SELECT skips rows another dispatcher holds; on SQLite writers are serialized anyway."""
+def late_answers(conn: Connection, refund_id: str) -> list[dict[str, Any]]:
+    E = event_table.c
+    query = select(E.response).where(E.refund_id == refund_id, E.reason.like(f"{LATE_ANSWER}:%")).order_by(E.id)
+    return [r.response[LATE_ANSWER] for r in conn.execute(query) if r.response and LATE_ANSWER in r.response]
+
+
+DUE_STATUSES = (RefundStatus.QUEUED, RefundStatus.UNKNOWN, *POLLED)
+LATE_ANSWER = "late answer"
+FREES_EXCLUSIVE_KEY = frozenset({RefundStatus.REJECTED, RefundStatus.CANCELLED})
+
+
+def _lockable(conn: Connection, query: Any) -> Any:
+    """On PostgreSQL skip rows another dispatcher holds; on SQLite writers are serialized anyway."""
+    return query.with_for_update(skip_locked=True) if conn.dialect.name == "postgresql" else query
+
+
+def claim_due(conn: Connection, lease_seconds: float, limit: int) -> list[Row[Any]]:
+    """Claim due rows (not submitting ones: see expired_claims) by pushing next_action_at
+    forward (the dispatcher's lease), all on the database clock."""
+    now = db_time(conn)
     due = (
         select(R.id)
         .where(R.status.in_([s.value for s in DUE_STATUSES]), R.next_action_at <= now)
         .order_by(R.next_action_at)
         .limit(limit)
     )
-    if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    ids = [r.id for r in conn.execute(due)]
+    ids = [r.id for r in conn.execute(_lockable(conn, due))]
     if not ids:
         return []
     result = conn.execute(
         update(refund_table)
         .where(R.id.in_(ids), R.next_action_at <= now)
-        .values(next_action_at=lease_until)
+        .values(next_action_at=db_time(conn, lease_seconds))
         .returning(R.id, R.status, R.provider, R.account)
     )
     return list(result)
+
+
+def expired_claims(conn: Connection, limit: int) -> list[Row[Any]]:
+    """Submitting rows whose send lease ran out (database clock): (id, claim, account)."""
+    query = (
+        select(R.id, R.claim, R.account)
+        .where(R.status == RefundStatus.SUBMITTING.value, R.next_action_at <= db_time(conn))
+        .order_by(R.next_action_at)
+        .limit(limit)
+    )
+    return list(conn.execute(_lockable(conn, query)))
+
+
+def lease_expired(conn: Connection) -> Any:
+    """Guard for taking over a claim: its lease has run out on the database clock. Evaluated by the
+    UPDATE itself, so a renewal committed a moment earlier wins."""
+    return R.next_action_at <= db_time(conn)
+
+
+def settled(conn: Connection) -> Any:
+    """Guard for a resend after a lookup said "absent": the settle time has passed."""
+    return (R.settle_until.is_(None)) | (R.settle_until <= db_time(conn))
 
 
 def list_refunds(
