@@ -21,6 +21,16 @@ Assumptions taken from cobo.md §9 (Unknown):
 
 Reads (`parse_status`, `parse_lookup`) never execute anything, so every answer that would be AMBIGUOUS for a
 create (5xx, unsigned 2xx) is RETRYABLE there.
+
+Statuses: Cobo answers with refund records only, so `STATUS_TABLE` holds REFUND entries only (one per documented
+status, spec §1 "Refund statuses"); poll, lookup, submit and webhooks all read it.
+
+Proof of absence (`parse_lookup` returns None): only a signed 2xx answer to `GET /payments/refunds?request_id=<ours>`
+whose `data` holds no refund with our request_id (spec §3: "empty data => not created, safe to resend"). The same
+answer on a poll (no provider refund id yet) is PENDING "not visible yet", never REJECTED. `request_id` is Cobo's
+idempotency key (a resend with it is refused as a duplicate, 12009/30001/2040 -> AMBIGUOUS), so the settle default
+is short: `settle_seconds` = 10 (the worker applies it after an ambiguous send; an account may override it with the
+option `settle_seconds`).
 """
 
 from __future__ import annotations
@@ -29,9 +39,10 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypedDict
+from types import MappingProxyType
+from typing import Any, Final, TypedDict
 from urllib.parse import quote, urlencode
 
 from cryptography.exceptions import InvalidSignature
@@ -46,15 +57,18 @@ from providers.base import (
     NoncePolicy,
     NonceUnit,
     ProviderError,
+    RawStatus,
+    Reading,
     RefundSpec,
     RefundStatus,
     Request,
     Response,
     StatusResult,
-    UnmappedStatusError,
     check_amount,
     plain_decimal,
+    read_status,
 )
+from providers.readings import refund_status
 
 NAME = "cobo"
 SIGNED_PATH_PREFIX = "/v2"
@@ -187,16 +201,24 @@ class ErrorBody(TypedDict, total=False):
 
 ADDRESS_NEEDED = "a destination address is needed (set to_address with PUT /payments/refunds/{refund_id})"
 
-STATUS_MAP: dict[str, RefundStatus] = {
-    "Pending": RefundStatus.PENDING,
-    "Processing": RefundStatus.PROCESSING,
-    "Completed": RefundStatus.COMPLETED,
-    "Failed": RefundStatus.FAILED,
-    "PartiallyCompleted": RefundStatus.PARTIALLY_COMPLETED,
-    "PendingConfirmation": RefundStatus.ACTION_REQUIRED,
-    "AddressPending": RefundStatus.ACTION_REQUIRED,
-    "AddressSubmitted": RefundStatus.ACTION_REQUIRED,
-}
+#: Every documented refund status (spec §1 "Refund statuses", the SDK's refund_status.py): all are refund records.
+STATUS_TABLE: Final[Mapping[str, RawStatus]] = MappingProxyType(
+    {
+        "AddressPending": RawStatus(Reading.REFUND, RefundStatus.ACTION_REQUIRED, "refund link opened, no address"),
+        "AddressSubmitted": RawStatus(Reading.REFUND, RefundStatus.ACTION_REQUIRED, "refund link address submitted"),
+        "PendingConfirmation": RawStatus(Reading.REFUND, RefundStatus.ACTION_REQUIRED, "created without to_address"),
+        "Pending": RawStatus(Reading.REFUND, RefundStatus.PENDING, "created, no transaction started"),
+        "Processing": RawStatus(Reading.REFUND, RefundStatus.PROCESSING, "a refund transaction is in progress"),
+        "Completed": RawStatus(Reading.REFUND, RefundStatus.COMPLETED, "all refund transactions completed"),
+        # Final with no documented follow-up: a person decides (spec §9).
+        "PartiallyCompleted": RawStatus(
+            Reading.REFUND, RefundStatus.PARTIALLY_COMPLETED, "some transactions completed, others failed"
+        ),
+        "Failed": RawStatus(Reading.REFUND, RefundStatus.FAILED, "all refund transactions failed"),
+    }
+)
+#: raw status of a poll whose list answer holds no refund with our request_id (not a Cobo status)
+NOT_LISTED: Final = "not_listed"
 
 _ACTION_REASON = {
     "PendingConfirmation": ADDRESS_NEEDED,
@@ -230,13 +252,6 @@ ERROR_KINDS: dict[int, ErrorKind] = {
     1000: ErrorKind.AMBIGUOUS,
     2000: ErrorKind.AMBIGUOUS,
 }
-
-
-def map_status(raw: str) -> RefundStatus:
-    try:
-        return STATUS_MAP[raw]
-    except KeyError:
-        raise UnmappedStatusError(NAME, raw) from None
 
 
 def _retry_after(resp: Response) -> float | None:
@@ -298,7 +313,7 @@ def to_status_result(refund: Mapping[str, Any]) -> StatusResult:
     raw = refund.get("status")
     if not isinstance(raw, str):
         raise ProviderError(ErrorKind.UNMAPPED, "cobo: refund without a status")
-    status = map_status(raw)
+    status = refund_status(read_status(STATUS_TABLE, NAME, raw), NAME, raw)
     reason: str | None = None
     if status is RefundStatus.FAILED:
         reason = str(refund.get("failed_reason") or "failed")
@@ -352,6 +367,9 @@ class CoboAdapter:
     name: str = NAME
     nonce_policy: NoncePolicy = NoncePolicy.TIMESTAMP
     nonce_unit: NonceUnit = NonceUnit.MS
+    status_table: Mapping[str, RawStatus] = field(default_factory=lambda: STATUS_TABLE)
+    # request_id is Cobo's idempotency key: a resend after a wrong "absent" is refused as a duplicate.
+    settle_seconds: float = 10.0
     required_fields: tuple[str, ...] = ()
 
     # -- validation --
@@ -494,12 +512,16 @@ class CoboAdapter:
         if "data" in data and "status" not in data:  # list shape (build_status without a refund id)
             found = self._pick(spec, data)
             if found is None:
-                raise ProviderError(ErrorKind.REJECTED, "cobo: no refund for this request_id", code="2028")
+                # What a lookup takes for absence is, on a poll, a refund not visible yet: never REJECTED (a
+                # list that lags behind the create would otherwise end a paid refund as "rejected").
+                reason = "refund not visible yet: no refund with this request_id is listed"
+                return StatusResult(RefundStatus.PENDING, NOT_LISTED, reason=reason)
             return found
         self._check_ours(spec, data, ErrorKind.RETRYABLE)
         return to_status_result(data)
 
     def parse_lookup(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult | None:
+        """None only when Cobo's signed list for our request_id holds no refund with it (spec §3)."""
         if not 200 <= resp.status_code < 300:
             raise classify_error(resp, read=True)
         return self._pick(spec, self._verified_json(resp, account, ErrorKind.RETRYABLE))

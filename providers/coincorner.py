@@ -13,15 +13,28 @@ Refunds: `RefundOrder` has no refund id and no documented answer body, so the re
 merchant's `OrderId` (provider_refund_id = OrderId) and its status is read with `CheckOrder`. One refund per
 OrderId.
 
+Statuses: ONE table, `STATUS_TABLE` (raw OrderStatus -> Reading, contract in `providers.base.Reading`), read by
+`parse_status`, `parse_lookup` and the webhook alike:
+- `-4`/`-5` REFUND (processing / completed);
+- `2` Complete NO_REFUND: a paid order without a visible refund. A poll says PENDING "not visible yet";
+- `0`/`1`/`-1`/`-2`/`-99` and the unknown-order answer `N/A` CONTRADICTS -> NEEDS_ATTENTION (never REJECTED).
+
+Proof of absence (`parse_lookup` returns None): only a CheckOrder answer `2` (Complete) for our OrderId. Since
+CoinCorner allows one refund per OrderId (spec §9), a second RefundOrder after a wrong "absent" is refused
+("already refunded", AMBIGUOUS) rather than paid, so the settle default is short: `settle_seconds` = 30 (the worker
+applies it after an ambiguous send; an account may override it with the option `settle_seconds`).
+
 Assumptions taken from the spec's "Unknown / assumptions" section (§9), as recommended there:
 - no failure status is documented: a refund that stays `-4` or shows `2` past the worker's deadline becomes
-  needs_attention (that is the worker's job; we map `2` to PENDING);
+  needs_attention (that is the worker's job; a poll maps `2` to PENDING);
 - `RefundType` defaults to "1" (the official C# refund sample), overridable per account or per refund;
 - error codes, nonce and rate-limit answers are undocumented: we classify by HTTP status and message text
   (see `classify_error`);
 - nonce in milliseconds, strictly increasing per API key (NoncePolicy.INCREASING, NonceUnit.MS);
 - one refund per OrderId (`exclusive_key`);
-- the RefundOrder answer body is never required: any 2xx means "accepted" (PENDING), the body is kept raw;
+- the RefundOrder answer body is never required: a 2xx means "accepted" (PENDING), the body is kept raw -
+  unless it is a JSON object in the error shape CheckOrder answers with (`Error`, or `OrderStatusText` "N/A",
+  spec §1 / the OpenCart plugin): then it is a refusal, classified like a 400 with that message;
 - webhooks are unsigned (spec §5): `verify_webhook` only checks the posted `APIKey` and returns a hint; the
   authoritative state always comes from a signed CheckOrder poll.
 
@@ -36,7 +49,8 @@ import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypedDict
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, TypedDict
 from urllib.parse import parse_qsl, quote_plus
 
 from config.accounts import Account
@@ -47,16 +61,22 @@ from providers.base import (
     NoncePolicy,
     NonceUnit,
     ProviderError,
+    RawStatus,
+    Reading,
     RefundSpec,
     RefundStatus,
     Request,
     Response,
     StatusResult,
-    UnmappedStatusError,
     check_amount,
     json_or_none,
     plain_decimal,
+    read_status,
 )
+from providers.readings import read_result
+
+if TYPE_CHECKING:
+    from providers.base import Adapter
 
 NAME: Final = "coincorner"
 FORM_CONTENT_TYPE: Final = "application/x-www-form-urlencoded"
@@ -180,41 +200,34 @@ def build_call(account: Account, endpoint: str, params: Mapping[str, str], nonce
 
 # --- statuses -------------------------------------------------------------------------------------
 
-#: Every documented CheckOrder OrderStatus (spec §1), as seen while polling a refund we sent.
-#: 0/1/-1/-2/-99 say the order is unpaid, cancelled, expired or an open invoice: CoinCorner cannot have
-#: accepted a refund on such an order, and an accepted refund cannot go back there. We do not know what
-#: happened to the money, so they are NOT mapped to REJECTED (which would claim nothing was paid) but to
-#: NEEDS_ATTENTION: a person reconciles (wrong OrderId, drift, manual change at CoinCorner).
-STATUS_MAP: Final[dict[str, RefundStatus]] = {
-    "-5": RefundStatus.COMPLETED,  # Refunded
-    "-4": RefundStatus.PROCESSING,  # Pending Refund
-    "2": RefundStatus.PENDING,  # Complete: refund accepted but not visible yet; the worker's deadline applies
-    "0": RefundStatus.NEEDS_ATTENTION,  # Awaiting Payment
-    "1": RefundStatus.NEEDS_ATTENTION,  # Pending Confirmation
-    "-1": RefundStatus.NEEDS_ATTENTION,  # Cancelled
-    "-2": RefundStatus.NEEDS_ATTENTION,  # Expired
-    "-99": RefundStatus.NEEDS_ATTENTION,  # Pending (Invoice Order)
-}
-STATUS_TEXT: Final[dict[str, str]] = {
-    "0": "Awaiting Payment",
-    "1": "Pending Confirmation",
-    "2": "Complete",
-    "-1": "Cancelled",
-    "-2": "Expired",
-    "-4": "Pending Refund",
-    "-5": "Refunded",
-    "-99": "Pending (Invoice Order)",
-}
-REFUND_EXISTS: Final = frozenset({"-4", "-5"})  # a refund was created on the order
-NO_REFUND: Final = frozenset({"2"})  # paid order without a (visible) refund: a send is safe
-NOT_REFUNDABLE: Final = frozenset({"0", "1", "-1", "-2", "-99"})
+#: The raw status we give CheckOrder's unknown-order answer (`OrderStatusText` "N/A" with `Error`, spec §1).
+UNKNOWN_ORDER: Final = "N/A"
 
-
-def map_status(raw: str) -> RefundStatus:
-    try:
-        return STATUS_MAP[raw]
-    except KeyError:
-        raise UnmappedStatusError(NAME, raw) from None
+#: Every documented CheckOrder OrderStatus (spec §1 "Status read-back"), plus the unknown-order answer, as read
+#: for a refund we may have sent. 0/1/-1/-2/-99 say the order is unpaid, unconfirmed, cancelled, expired or an open
+#: invoice: CoinCorner cannot have accepted a refund on such an order, and an accepted refund cannot take the order
+#: back there. Nobody knows what happened to the money (wrong OrderId, drift, a manual change at CoinCorner), so
+#: they CONTRADICT our refund (NEEDS_ATTENTION: a person reconciles) and never say REJECTED, which would claim
+#: nothing was paid. `1` (payment not final) is read the same way on purpose: a refund of ours cannot be in it.
+STATUS_TABLE: Final[Mapping[str, RawStatus]] = MappingProxyType(
+    {
+        "-5": RawStatus(Reading.REFUND, RefundStatus.COMPLETED, "Refunded"),
+        "-4": RawStatus(Reading.REFUND, RefundStatus.PROCESSING, "Pending Refund"),
+        # Paid, no refund on it (yet): spec §3 "2 Complete => most likely not created".
+        "2": RawStatus(Reading.NO_REFUND, text="Complete"),
+        "0": RawStatus(Reading.CONTRADICTS, text="Awaiting Payment"),
+        "1": RawStatus(Reading.CONTRADICTS, text="Pending Confirmation"),
+        "-1": RawStatus(Reading.CONTRADICTS, text="Cancelled"),
+        "-2": RawStatus(Reading.CONTRADICTS, text="Expired"),
+        "-99": RawStatus(Reading.CONTRADICTS, text="Pending (Invoice Order)"),
+        # The order is unknown to CoinCorner: no refund of ours can be on it, yet we may have sent one.
+        UNKNOWN_ORDER: RawStatus(Reading.CONTRADICTS, text="N/A"),
+    }
+)
+#: OrderStatus -> OrderStatusText (the sandbox answers with these)
+STATUS_TEXT: Final[Mapping[str, str]] = MappingProxyType(
+    {raw: entry.text for raw, entry in STATUS_TABLE.items() if raw != UNKNOWN_ORDER}
+)
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -241,6 +254,20 @@ def retry_after(resp: Response) -> float | None:
         return None  # an HTTP-date: let the worker's back-off decide
 
 
+def answer_error(data: Any) -> bool:
+    """True when a 2xx JSON answer is CoinCorner's error shape rather than a result: `OrderStatusText` "N/A"
+    or an `Error` without an `OrderStatus` (spec §1: the OpenCart plugin reads CheckOrder that way)."""
+    return isinstance(data, dict) and (
+        data.get("OrderStatusText") == UNKNOWN_ORDER or ("Error" in data and "OrderStatus" not in data)
+    )
+
+
+def classify_answer_error(resp: Response, *, submit: bool) -> ProviderError:
+    """A 2xx answer in the error shape (`answer_error`) is a refusal: classified like a 400 carrying the same
+    message, so a nonce, signature or "already refunded" text keeps its meaning."""
+    return _classify(resp, 400, submit=submit)
+
+
 def classify_error(resp: Response, *, submit: bool) -> ProviderError:
     """Map a non-2xx answer onto an ErrorKind (no error catalogue is published: spec §4, §9).
 
@@ -249,13 +276,17 @@ def classify_error(resp: Response, *, submit: bool) -> ProviderError:
     means a refund exists on our OrderId - one refund per OrderId makes it almost surely ours (a resend after
     a lost answer), so it is AMBIGUOUS (look it up) rather than REJECTED, that could hide a payout.
     """
-    status = resp.status_code
+    return _classify(resp, resp.status_code, submit=submit)
+
+
+def _classify(resp: Response, status: int, *, submit: bool) -> ProviderError:
+    """The rules of `classify_error`, applied as if the answer had HTTP `status`."""
     message = error_message(resp.body)
     text = message.lower()
 
     def err(kind: ErrorKind, why: str, after: float | None = None) -> ProviderError:
         detail = f"{why}: {message}" if message else why
-        return ProviderError(kind, f"{NAME}: {detail}", retry_after=after, http_status=status)
+        return ProviderError(kind, f"{NAME}: {detail}", retry_after=after, http_status=resp.status_code)
 
     if status == 503 and not resp.body.strip():
         return err(ErrorKind.RETRYABLE, "service unavailable")
@@ -287,13 +318,17 @@ def _refund_type(spec: RefundSpec, account: Account) -> str:
 
 
 def _order_answer(resp: Response, spec: RefundSpec) -> tuple[str, CheckOrderAnswer]:
-    """The raw OrderStatus of a 200 CheckOrder answer, or ProviderError."""
+    """The raw OrderStatus of a 200 CheckOrder answer (UNKNOWN_ORDER for the unknown-order answer), or
+    ProviderError."""
     data = json_or_none(resp.body)
     if not isinstance(data, dict):
         raise ProviderError(ErrorKind.RETRYABLE, f"{NAME}: CheckOrder answer is not a JSON object", http_status=200)
     answer: CheckOrderAnswer = data  # type: ignore[assignment]
-    if data.get("OrderStatusText") == "N/A" or ("Error" in data and "OrderStatus" not in data):
-        raise ProviderError(ErrorKind.REJECTED, f"{NAME}: unknown order: {error_message(resp.body)}", http_status=200)
+    if answer_error(data):
+        refusal = classify_answer_error(resp, submit=False)
+        if refusal.kind is not ErrorKind.REJECTED:
+            raise refusal  # a nonce or credentials refusal in the body: not an answer about the order
+        return UNKNOWN_ORDER, answer
     order_id = data.get("OrderId")
     if order_id is not None and str(order_id) != _order_id(spec):
         raise ProviderError(ErrorKind.RETRYABLE, f"{NAME}: CheckOrder answered for another order", http_status=200)
@@ -307,25 +342,44 @@ def _order_id(spec: RefundSpec) -> str:
     return str(spec.fields.get("order_id", spec.provider_refund_id or ""))
 
 
-def _result(raw: str, answer: Mapping[str, Any], order_id: str) -> StatusResult:
-    status = map_status(raw)
-    text = str(answer.get("OrderStatusText") or STATUS_TEXT.get(raw, ""))
-    reason = None
-    if status is RefundStatus.NEEDS_ATTENTION:
-        reason = f"order status {raw} ({text}) contradicts an accepted refund"
-    return StatusResult(
-        status=status,
-        raw_status=raw,
+def _describe(raw: str, entry: RawStatus, answer: Mapping[str, Any]) -> tuple[str, str]:
+    """(OrderStatusText, the state in words for reasons)."""
+    text = str(answer.get("OrderStatusText") or entry.text)
+    if raw == UNKNOWN_ORDER:
+        error = answer.get("Error")
+        return text, f"unknown order ({error})" if error else "unknown order"
+    return text, f"order status {raw} ({text})"
+
+
+def _read(raw: str, answer: Mapping[str, Any], order_id: str, *, lookup: bool) -> StatusResult | None:
+    """One CheckOrder answer read through STATUS_TABLE (poll and lookup differ only as `Reading` says)."""
+    entry = read_status(STATUS_TABLE, NAME, raw)
+    text, what = _describe(raw, entry, answer)
+    return read_result(
+        entry,
+        raw,
+        NAME,
+        lookup=lookup,
+        what=what,
         provider_refund_id=order_id,
-        reason=reason,
         detail={"order_status_text": text} if text else {},
+        http_status=200,
     )
+
+
+def _polled(raw: str, answer: Mapping[str, Any], order_id: str) -> StatusResult:
+    result = _read(raw, answer, order_id, lookup=False)
+    assert result is not None  # a poll always says something: only a lookup reads NO_REFUND as None
+    return result
 
 
 class CoinCornerAdapter:
     name = NAME
     nonce_policy = NoncePolicy.INCREASING
     nonce_unit = NonceUnit.MS
+    status_table: Mapping[str, RawStatus] = STATUS_TABLE
+    # One refund per OrderId at CoinCorner: a resend after a wrong "absent" is refused, not paid twice.
+    settle_seconds: float = 30.0
     required_fields: tuple[str, ...] = ("order_id",)
 
     def validate(self, spec: RefundSpec, account: Account) -> list[FieldError]:
@@ -373,6 +427,8 @@ class CoinCornerAdapter:
     def parse_submit(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult:
         if not 200 <= resp.status_code < 300:
             raise classify_error(resp, submit=True)
+        if answer_error(json_or_none(resp.body)):
+            raise classify_answer_error(resp, submit=True)  # a 2xx that says "Error" accepted nothing
         # No documented answer body: keep an excerpt for the log, require nothing from it.
         raw_body = resp.body[:500].decode("utf-8", "replace")
         return StatusResult(
@@ -389,25 +445,17 @@ class CoinCornerAdapter:
         if resp.status_code != 200:
             raise classify_error(resp, submit=False)
         raw, answer = _order_answer(resp, spec)
-        return _result(raw, answer, _order_id(spec))
+        return _polled(raw, answer, _order_id(spec))
 
     def build_lookup(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
         return self.build_status(spec, account, nonce)  # the refund is known only by its OrderId
 
     def parse_lookup(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult | None:
+        """None only for `2` (Complete): CoinCorner's proof that no refund is on our OrderId."""
         if resp.status_code != 200:
             raise classify_error(resp, submit=False)
         raw, answer = _order_answer(resp, spec)
-        if raw in REFUND_EXISTS:
-            return _result(raw, answer, _order_id(spec))
-        if raw in NO_REFUND:
-            return None
-        if raw in NOT_REFUNDABLE:
-            text = answer.get("OrderStatusText") or STATUS_TEXT[raw]
-            raise ProviderError(
-                ErrorKind.REJECTED, f"{NAME}: order not refundable: status {raw} ({text})", raw_status=raw
-            )
-        raise UnmappedStatusError(NAME, raw)
+        return _read(raw, answer, _order_id(spec), lookup=True)
 
     def build_get_order(self, order_id: str, account: Account, nonce: int) -> Request:
         """Order details (invoice/settle amounts); not needed by the worker, kept for operators."""
@@ -427,7 +475,7 @@ class CoinCornerAdapter:
         raw = fields.get("OrderStatus")
         if raw is None or isinstance(raw, bool) or str(raw).strip() == "":
             return StatusResult(status=RefundStatus.PENDING, raw_status="callback", provider_refund_id=order)
-        return _result(str(raw).strip(), fields, order or "")
+        return _polled(str(raw).strip(), fields, order or "")
 
 
 def _webhook_fields(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
@@ -445,12 +493,19 @@ def _webhook_fields(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
 
 
 ADAPTER: Final = CoinCornerAdapter()
+if TYPE_CHECKING:
+    _conforms: Adapter = ADAPTER  # mypy checks the adapter against the protocol here
+
 
 __all__ = [
     "ADAPTER",
-    "STATUS_MAP",
+    "STATUS_TABLE",
+    "STATUS_TEXT",
+    "UNKNOWN_ORDER",
     "CoinCornerAdapter",
+    "answer_error",
     "build_call",
+    "classify_answer_error",
     "classify_error",
     "form_body",
     "form_encode",

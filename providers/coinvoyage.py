@@ -33,11 +33,22 @@ Assumptions taken from the spec's "Unknown / assumptions" section (§9) and the 
   deadline, when the order turns `EXPIRED` (FAILED).
 - Webhooks: `CoinVoyage-Webhook-Signature` = base64 HMAC-SHA256(webhook_secret, raw body), compared in
   constant time; the payload's `status` is mapped when present, else the event type when it names one.
+
+Statuses: a REFUND pay-order is a refund record, so `STATUS_TABLE` holds REFUND entries only (one per
+documented PayOrder status, spec §1 "PayOrder statuses"); poll, lookup, submit and webhooks all read it.
+
+Proof of absence (`parse_lookup` returns None): only a complete scan - no REFUND pay-order carrying our refund id
+on a short page (the list's end) or on a page that reaches orders older than our refund (minus the clock skew).
+More than one REFUND pay-order with our id is a double create: the first is returned with the others' ids in
+`StatusResult.others`. CoinVoyage has no idempotency key, so a resend after a wrong "absent" pays twice: the
+settle default is long, `settle_seconds` = 300 (the worker applies it after an ambiguous send; an account may
+override it with the option `settle_seconds`).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -46,7 +57,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypedDict
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, TypedDict
 from urllib.parse import quote
 
 from config.accounts import Account, AccountConfigError
@@ -58,15 +70,21 @@ from providers.base import (
     NoncePolicy,
     NonceUnit,
     ProviderError,
+    RawStatus,
+    Reading,
     RefundSpec,
     RefundStatus,
     Request,
     Response,
     StatusResult,
-    UnmappedStatusError,
     check_amount,
     plain_decimal,
+    read_status,
 )
+from providers.readings import refund_status
+
+if TYPE_CHECKING:
+    from providers.base import Adapter
 
 NAME = "coinvoyage"
 
@@ -208,18 +226,27 @@ class PayOrder(TypedDict, total=False):
 
 # --- statuses and errors ------------------------------------------------------------------------
 
-STATUS_MAP: dict[str, RefundStatus] = {
-    "PENDING": RefundStatus.PENDING,
-    "AWAITING_PAYMENT": RefundStatus.ACTION_REQUIRED,
-    "AWAITING_CONFIRMATION": RefundStatus.PROCESSING,
-    "OPTIMISTIC_CONFIRMED": RefundStatus.PROCESSING,
-    "EXECUTING_ORDER": RefundStatus.PROCESSING,
-    "PARTIAL_PAYMENT": RefundStatus.PROCESSING,  # until the payment deadline, then EXPIRED
-    "COMPLETED": RefundStatus.COMPLETED,
-    "FAILED": RefundStatus.FAILED,
-    "EXPIRED": RefundStatus.FAILED,
-    "REFUNDED": RefundStatus.FAILED,
-}
+
+def _refund(status: RefundStatus, text: str) -> RawStatus:
+    return RawStatus(Reading.REFUND, status, text)
+
+
+#: Every documented PayOrder status (spec §1 "PayOrder statuses") of a REFUND pay-order: all are refund records.
+STATUS_TABLE: Final[Mapping[str, RawStatus]] = MappingProxyType(
+    {
+        "PENDING": _refund(RefundStatus.PENDING, "created, not ready"),
+        # A REFUND order is a payment the merchant makes (spec §1 "Refund flow caveat"): someone must fund it.
+        "AWAITING_PAYMENT": _refund(RefundStatus.ACTION_REQUIRED, "ready, waiting for the merchant's funds"),
+        "AWAITING_CONFIRMATION": _refund(RefundStatus.PROCESSING, "payment tx seen, confirming"),
+        "OPTIMISTIC_CONFIRMED": _refund(RefundStatus.PROCESSING, "optimistically confirmed"),
+        "EXECUTING_ORDER": _refund(RefundStatus.PROCESSING, "routing / settling"),
+        "PARTIAL_PAYMENT": _refund(RefundStatus.PROCESSING, "paid less than required"),  # until it EXPIRES
+        "COMPLETED": _refund(RefundStatus.COMPLETED, "refund delivered"),
+        "FAILED": _refund(RefundStatus.FAILED, "failed"),
+        "EXPIRED": _refund(RefundStatus.FAILED, "not funded in time"),
+        "REFUNDED": _refund(RefundStatus.FAILED, "funds bounced back to the payer"),
+    }
+)
 
 STATUS_REASONS: dict[str, str] = {
     "AWAITING_PAYMENT": "the merchant must fund the refund pay-order (open action_url)",
@@ -240,10 +267,8 @@ EVENT_STATUS: dict[str, str] = {
 
 
 def map_status(raw: str) -> RefundStatus:
-    try:
-        return STATUS_MAP[raw]
-    except KeyError:
-        raise UnmappedStatusError(NAME, raw) from None
+    """A REFUND pay-order's raw status through STATUS_TABLE (UnmappedStatusError when undocumented)."""
+    return refund_status(read_status(STATUS_TABLE, NAME, raw), NAME, raw)
 
 
 def _retry_after(resp: Response) -> float | None:
@@ -356,6 +381,9 @@ class CoinVoyageAdapter:
     name = NAME
     nonce_policy = NoncePolicy.TIMESTAMP
     nonce_unit = NonceUnit.S
+    status_table: Mapping[str, RawStatus] = STATUS_TABLE
+    # No idempotency key at CoinVoyage: a resend after a wrong "absent" pays twice, so believe absence late.
+    settle_seconds: float = 300.0
     required_fields: tuple[str, ...] = ("payorder_id", "chain_id")
 
     # --- validation ---
@@ -474,6 +502,8 @@ class CoinVoyageAdapter:
         return to_status(data)
 
     def parse_lookup(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult | None:
+        """None only after a complete scan (see the module docstring); LookupNextPage while a later page may
+        hold our order; `others` set when more than one REFUND pay-order carries our refund id."""
         if not 200 <= resp.status_code < 300:
             raise classify_error(resp, submit=False)
         data = json_loads(resp.body)
@@ -496,15 +526,13 @@ class CoinVoyageAdapter:
             raise LookupNextPage(spec.lookup_page + 1)
         result = to_status(matches[0])
         if len(matches) > 1:
-            # No idempotency key at CoinVoyage: more than one order means a double create. Say so loudly.
-            ids = [str(o["id"]) for o in matches]
-            return StatusResult(
-                result.status,
-                result.raw_status,
-                result.provider_refund_id,
-                reason=f"{len(ids)} REFUND pay-orders carry this refund id: {', '.join(ids)}",
-                detail={**result.detail, "duplicate_payorder_ids": ids},
-            )
+            # No idempotency key at CoinVoyage: more than one order means a double create. The worker reads
+            # `others`; the reason says it to a person too.
+            others = tuple(str(o["id"]) for o in matches[1:])
+            reason = f"{len(matches)} REFUND pay-orders carry this refund id; others: {', '.join(others)}"
+            if result.reason:
+                reason = f"{result.reason}; {reason}"
+            return dataclasses.replace(result, reason=reason, others=others)
         return result
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, account: Account) -> StatusResult:
@@ -533,6 +561,8 @@ class CoinVoyageAdapter:
 
 
 ADAPTER = CoinVoyageAdapter()
+if TYPE_CHECKING:
+    _conforms: Adapter = ADAPTER  # mypy checks the adapter against the protocol here
 
 
 def _older_than(orders: list[Any], created_at: datetime | None) -> bool:

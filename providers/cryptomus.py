@@ -12,6 +12,17 @@ Wire format
 - No nonce, no timestamp (nonce_policy NONE), no idempotency key: one refund per invoice is enforced by the
   worker (`exclusive_key`) and by Cryptomus itself.
 
+Statuses: ONE table, `STATUS_TABLE` (invoice status -> Reading, contract in `providers.base.Reading`), read by
+`parse_status`, `parse_lookup` and webhooks alike: refund_* REFUND; paid / paid_over NO_REFUND (a poll says
+PENDING "not visible yet"); the payment still in progress (process, check, confirm_check,
+wrong_amount_waiting) UNSURE; the final non-paid states (wrong_amount, fail, cancel, system_fail, locked)
+CONTRADICTS -> NEEDS_ATTENTION, never REJECTED.
+
+Proof of absence (`parse_lookup` returns None): only a payment/info answer `paid` or `paid_over` for our invoice
+(spec §3: a refund shows as refund_*). Cryptomus takes one refund per invoice (spec §3, [S4]), so a resend after
+a wrong "absent" is refused rather than paid twice: `settle_seconds` = 30 (the worker applies it after an
+ambiguous send; an account may override it with the option `settle_seconds`).
+
 Assumptions (spec §9 "Unknown", recommended choices, and the lead's decisions)
 - The text of "refund already requested" is undocumented: any failure message that mentions a refund made
   "already" / "only once" is AMBIGUOUS (the worker looks the invoice up before anything else); every other 4xx
@@ -22,10 +33,9 @@ Assumptions (spec §9 "Unknown", recommended choices, and the lead's decisions)
 - `is_subtract` is sent as a JSON boolean (the SDKs do; the doc's curl sends the string "true").
 - Partial refunds do not exist (no amount in the call): `spec.amount` is what the merchant expects back (the
   invoice amount); the invoice `amount` is reported in `detail["amount"]` for the worker's integrity check.
-- Invoice statuses other than refund_* (the refund is not visible in them) in `parse_status`: paid, paid_over,
-  and the not-yet-final payment states (process, check, confirm_check, wrong_amount_waiting) -> PENDING with a
-  reason (the refund is accepted but not shown yet); fail, cancel, system_fail, locked, wrong_amount ->
-  NEEDS_ATTENTION (they contradict an accepted refund: an operator must look).
+- The payment states still in progress cannot tell whether a refund of ours exists (see STATUS_TABLE): polls
+  and lookups raise ProviderError(UNSURE) and the worker asks again; a webhook in such a state is a hint only
+  (RefundStatus.UNKNOWN: poll for the truth).
 - `provider_refund_id` is the invoice uuid given by the producer, else the order_id (stable for the refund's
   life); the invoice uuid reported by Cryptomus goes in `detail["invoice_uuid"]`.
 - Payment info carries no refund destination, so `detail["destination"]` is never set.
@@ -43,7 +53,8 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Final, NotRequired, TypedDict
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, NotRequired, TypedDict
 
 from config.accounts import Account
 from providers.addresses import check_address
@@ -53,15 +64,21 @@ from providers.base import (
     NoncePolicy,
     NonceUnit,
     ProviderError,
+    RawStatus,
+    Reading,
     RefundSpec,
     RefundStatus,
     Request,
     Response,
     StatusResult,
-    UnmappedStatusError,
     check_amount,
     json_or_none,
+    read_status,
 )
+from providers.readings import read_result
+
+if TYPE_CHECKING:
+    from providers.base import Adapter
 
 NAME: Final = "cryptomus"
 REFUND_PATH: Final = "v1/payment/refund"
@@ -249,42 +266,39 @@ class PaymentInfo(TypedDict, total=False):
     txid: str | None
 
 
-# --- status map -----------------------------------------------------------------------------------
+# --- status table ---------------------------------------------------------------------------------
 
-#: every documented invoice status [S3] -> unified status, as seen by parse_status / webhooks
-STATUS_MAP: Final[Mapping[str, RefundStatus]] = {
-    "refund_process": RefundStatus.PROCESSING,
-    "refund_paid": RefundStatus.COMPLETED,
-    "refund_fail": RefundStatus.FAILED,
-    # The refund is not visible yet: the invoice still shows its payment state.
-    "paid": RefundStatus.PENDING,
-    "paid_over": RefundStatus.PENDING,
-    "process": RefundStatus.PENDING,
-    "check": RefundStatus.PENDING,
-    "confirm_check": RefundStatus.PENDING,
-    "wrong_amount_waiting": RefundStatus.PENDING,
-    # Final payment states that contradict an accepted refund: an operator decides.
-    "wrong_amount": RefundStatus.NEEDS_ATTENTION,
-    "fail": RefundStatus.NEEDS_ATTENTION,
-    "cancel": RefundStatus.NEEDS_ATTENTION,
-    "system_fail": RefundStatus.NEEDS_ATTENTION,
-    "locked": RefundStatus.NEEDS_ATTENTION,
-}
-REFUND_STATUSES: Final = frozenset({"refund_process", "refund_paid", "refund_fail"})
-#: a refund may be requested: lookup answers "no refund yet"
-REFUNDABLE_STATUSES: Final = frozenset({"paid", "paid_over"})
+_REFUND = Reading.REFUND
+_NO_REFUND = Reading.NO_REFUND
+_UNSURE = Reading.UNSURE
+_CONTRADICTS = Reading.CONTRADICTS
 
-_REASONS: Final[Mapping[RefundStatus, str]] = {
-    RefundStatus.PENDING: "refund not visible yet: invoice status is {}",
-    RefundStatus.NEEDS_ATTENTION: "invoice status {} contradicts the refund request",
-}
-
-
-def map_status(raw: str) -> RefundStatus:
-    try:
-        return STATUS_MAP[raw]
-    except KeyError:
-        raise UnmappedStatusError(NAME, raw) from None
+#: Every documented invoice status (spec §1 "Statuses relevant to refunds", [S3]) -> what it says about our refund.
+STATUS_TABLE: Final[Mapping[str, RawStatus]] = MappingProxyType(
+    {
+        "refund_process": RawStatus(_REFUND, RefundStatus.PROCESSING, "refund being processed"),
+        "refund_paid": RawStatus(_REFUND, RefundStatus.COMPLETED, "refund paid"),
+        "refund_fail": RawStatus(_REFUND, RefundStatus.FAILED, "refund failed"),
+        # Paid and refundable (spec §1): no refund on the invoice (yet).
+        "paid": RawStatus(_NO_REFUND, text="paid"),
+        "paid_over": RawStatus(_NO_REFUND, text="paid more than the invoice"),
+        # The payment is still in progress. Cryptomus refunds paid invoices (spec §1: paid/paid_over are the
+        # refundable ones), but what it does with a refund request meanwhile (refuse it, or hold it until the
+        # payment settles) is undocumented. So the state neither proves absence (a held request could still pay
+        # out after a resend) nor contradicts a refund (the invoice may yet become paid): ask again later.
+        "process": RawStatus(_UNSURE, text="payment in progress"),
+        "check": RawStatus(_UNSURE, text="payment being checked"),
+        "confirm_check": RawStatus(_UNSURE, text="payment awaiting confirmations"),
+        "wrong_amount_waiting": RawStatus(_UNSURE, text="underpaid, waiting for the rest"),
+        # Final states of an invoice that was not (fully) paid: no refund of ours can be on it, yet we may have
+        # sent one. A person reconciles; never REJECTED, which would claim no money moved.
+        "wrong_amount": RawStatus(_CONTRADICTS, text="underpaid (final)"),
+        "fail": RawStatus(_CONTRADICTS, text="payment failed"),
+        "cancel": RawStatus(_CONTRADICTS, text="cancelled"),
+        "system_fail": RawStatus(_CONTRADICTS, text="system error"),
+        "locked": RawStatus(_CONTRADICTS, text="locked (AML)"),
+    }
+)
 
 
 # --- error table ----------------------------------------------------------------------------------
@@ -397,6 +411,9 @@ class CryptomusAdapter:
     name = NAME
     nonce_policy = NoncePolicy.NONE
     nonce_unit = NonceUnit.S  # unused: no nonce
+    status_table: Mapping[str, RawStatus] = STATUS_TABLE
+    # One refund per invoice at Cryptomus: a resend after a wrong "absent" is refused, not paid twice.
+    settle_seconds: float = 30.0
     # One of uuid / order_id is required (validate() says so); neither is required on its own.
     required_fields: tuple[str, ...] = ()
     one_of_fields: tuple[str, ...] = ("uuid", "order_id")
@@ -486,44 +503,31 @@ class CryptomusAdapter:
         info: PaymentInfo = result  # type: ignore[assignment]
         return info
 
-    def _status_result(self, info: Mapping[str, Any], refund_id: str | None) -> StatusResult:
+    def _read(
+        self, info: Mapping[str, Any], refund_id: str | None, *, lookup: bool, http_status: int | None = None
+    ) -> StatusResult | None:
+        """One invoice state read through STATUS_TABLE (poll, lookup and webhook read it alike)."""
         raw = str(info["status"])
-        status = map_status(raw)
-        detail = {
-            key: info[name]
-            for key, name in (
-                ("amount", "amount"),
-                ("currency", "currency"),
-                ("invoice_uuid", "uuid"),
-                ("order_id", "order_id"),
-                ("payment_status", "payment_status"),
-                ("payer_amount", "payer_amount"),
-                ("payer_currency", "payer_currency"),
-                ("network", "network"),
-                ("txid", "txid"),
-            )
-            if info.get(name) is not None
-        }
-        reason = _REASONS[status].format(raw) if status in _REASONS else None
-        return StatusResult(status, raw, provider_refund_id=refund_id, reason=reason, detail=detail)
+        entry = read_status(STATUS_TABLE, NAME, raw)
+        return read_result(
+            entry,
+            raw,
+            NAME,
+            lookup=lookup,
+            what=f"invoice status is {raw}",
+            provider_refund_id=refund_id,
+            detail=_detail(info),
+            http_status=http_status,
+        )
 
     def parse_status(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult:
-        return self._status_result(self._info(resp), self._refund_id(spec))
+        result = self._read(self._info(resp), self._refund_id(spec), lookup=False, http_status=resp.status_code)
+        assert result is not None  # a poll always says something: only a lookup reads NO_REFUND as None
+        return result
 
     def parse_lookup(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult | None:
-        info = self._info(resp)
-        raw = info["status"]
-        map_status(raw)  # an unknown status is never taken for "no refund"
-        if raw in REFUNDABLE_STATUSES:
-            return None
-        if raw not in REFUND_STATUSES:
-            raise ProviderError(
-                ErrorKind.REJECTED,
-                f"invoice not refundable: {raw}",
-                raw_status=raw,
-                http_status=resp.status_code,
-            )
-        return self._status_result(info, self._refund_id(spec))
+        """None only for `paid` / `paid_over`: the invoice shows no refund (an unknown status never does)."""
+        return self._read(self._info(resp), self._refund_id(spec), lookup=True, http_status=resp.status_code)
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, account: Account) -> StatusResult:
         if not verify_webhook_signature(body, account.secret("api_key")):
@@ -532,7 +536,36 @@ class CryptomusAdapter:
         if not isinstance(payload.get("status"), str):
             raise ProviderError(ErrorKind.REJECTED, "cryptomus webhook without a status")
         refund_id = payload.get("uuid") or payload.get("order_id")
-        return self._status_result(payload, str(refund_id) if refund_id else None)
+        refund_ref = str(refund_id) if refund_id else None
+        entry = read_status(STATUS_TABLE, NAME, payload["status"])
+        if entry.reading is Reading.UNSURE:
+            # A webhook is a hint: it cannot fail the refund, it only asks the worker to poll.
+            reason = f"invoice status is {payload['status']}: poll for the truth"
+            return StatusResult(RefundStatus.UNKNOWN, payload["status"], refund_ref, reason=reason)
+        result = self._read(payload, refund_ref, lookup=False)
+        assert result is not None
+        return result
+
+
+def _detail(info: Mapping[str, Any]) -> dict[str, Any]:
+    """What payment info reports, for the worker's integrity checks and the log."""
+    return {
+        key: info[name]
+        for key, name in (
+            ("amount", "amount"),
+            ("currency", "currency"),
+            ("invoice_uuid", "uuid"),
+            ("order_id", "order_id"),
+            ("payment_status", "payment_status"),
+            ("payer_amount", "payer_amount"),
+            ("payer_currency", "payer_currency"),
+            ("network", "network"),
+            ("txid", "txid"),
+        )
+        if info.get(name) is not None
+    }
 
 
 ADAPTER = CryptomusAdapter()
+if TYPE_CHECKING:
+    _conforms: Adapter = ADAPTER  # mypy checks the adapter against the protocol here

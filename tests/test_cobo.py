@@ -19,6 +19,7 @@ from providers import cobo
 from providers.base import (
     ErrorKind,
     ProviderError,
+    Reading,
     RefundSpec,
     RefundStatus,
     Request,
@@ -100,8 +101,10 @@ DOCUMENTED = {
 }
 
 
-def test_status_map_covers_exactly_the_documented_statuses() -> None:
-    assert cobo.STATUS_MAP == DOCUMENTED
+def test_status_table_covers_exactly_the_documented_statuses() -> None:
+    assert {raw: entry.status for raw, entry in cobo.STATUS_TABLE.items()} == DOCUMENTED
+    assert {entry.reading for entry in cobo.STATUS_TABLE.values()} == {Reading.REFUND}  # refund records only
+    assert ADAPTER.status_table is cobo.STATUS_TABLE
 
 
 @pytest.mark.parametrize(("raw", "want"), DOCUMENTED.items())
@@ -297,6 +300,7 @@ def test_adapter_contract_constants() -> None:
     assert ADAPTER.nonce_policy == "timestamp" and ADAPTER.nonce_unit == "ms"
     assert ADAPTER.required_fields == ()
     assert ADAPTER.exclusive_key(spec()) is None
+    assert ADAPTER.settle_seconds == 10  # request_id is Cobo's idempotency key
 
 
 # --- request building ------------------------------------------------------------------------------
@@ -396,9 +400,11 @@ def test_parse_status_reads_the_list_shape() -> None:
     account = make_account()
     result = ADAPTER.parse_status(spec(), account, signed_response({"data": [refund("Completed")]}))
     assert result.status is RefundStatus.COMPLETED
-    with pytest.raises(ProviderError) as info:
-        ADAPTER.parse_status(spec(), account, signed_response({"data": []}))
-    assert info.value.kind is ErrorKind.REJECTED
+    # Not listed (yet): on a poll that is a refund not visible yet, never "rejected" (lookup says absent).
+    late = ADAPTER.parse_status(spec(), account, signed_response({"data": []}))
+    assert (late.status, late.raw_status) == (RefundStatus.PENDING, cobo.NOT_LISTED)
+    assert late.reason and "not visible yet" in late.reason
+    assert ADAPTER.parse_lookup(spec(), account, signed_response({"data": []})) is None
 
 
 # --- webhooks --------------------------------------------------------------------------------------

@@ -83,9 +83,11 @@ DOCUMENTED = {
 }
 
 
-def test_status_map_covers_exactly_the_documented_statuses() -> None:
-    assert coincorner.STATUS_MAP == DOCUMENTED
+def test_status_table_covers_exactly_the_documented_statuses() -> None:
+    assert set(coincorner.STATUS_TABLE) == {*DOCUMENTED, coincorner.UNKNOWN_ORDER}
     assert set(coincorner.STATUS_TEXT) == set(DOCUMENTED)
+    assert ADAPTER.status_table is coincorner.STATUS_TABLE
+    assert ADAPTER.settle_seconds == 30  # one refund per OrderId
 
 
 @pytest.mark.parametrize(("raw", "expected"), DOCUMENTED.items())
@@ -126,11 +128,22 @@ def test_unusable_status_answers_are_errors_not_statuses(resp: Response) -> None
     assert info.value.kind is ErrorKind.RETRYABLE
 
 
-def test_unknown_order_answer_is_rejected() -> None:
+def test_unknown_order_answer_needs_attention_never_rejected() -> None:
+    # A refund may have been sent on it: "rejected" would claim no money moved.
     resp = answer(200, {"OrderId": None, "OrderStatusText": "N/A", "Error": "Invalid OrderId"})
+    for parse in (ADAPTER.parse_status, ADAPTER.parse_lookup):
+        result = parse(make_spec(), make_account(), resp)
+        assert result is not None
+        assert (result.status, result.raw_status) == (RefundStatus.NEEDS_ATTENTION, "N/A")
+        assert result.reason and "Invalid OrderId" in result.reason
+
+
+@pytest.mark.parametrize(("message", "kind"), [("Invalid nonce", ErrorKind.NONCE), ("Bad signature", ErrorKind.AUTH)])
+def test_check_order_error_body_naming_credentials_is_that_error(message: str, kind: ErrorKind) -> None:
+    resp = answer(200, {"OrderStatusText": "N/A", "Error": message})
     with pytest.raises(ProviderError) as info:
-        ADAPTER.parse_status(make_spec(), make_account(), resp)
-    assert info.value.kind is ErrorKind.REJECTED and "Invalid OrderId" in info.value.message
+        ADAPTER.parse_lookup(make_spec(), make_account(), resp)
+    assert info.value.kind is kind
 
 
 # --- lookup -----------------------------------------------------------------------------------------
@@ -147,11 +160,11 @@ def test_lookup_of_a_paid_order_without_refund_is_none() -> None:
 
 
 @pytest.mark.parametrize("raw", [0, 1, -1, -2, -99])
-def test_lookup_of_a_not_refundable_order_is_rejected(raw: int) -> None:
-    with pytest.raises(ProviderError) as info:
-        ADAPTER.parse_lookup(make_spec(), make_account(), check_answer(raw))
-    assert info.value.kind is ErrorKind.REJECTED
-    assert "not refundable" in info.value.message and info.value.raw_status == str(raw)
+def test_lookup_of_a_not_refundable_order_needs_attention(raw: int) -> None:
+    found = ADAPTER.parse_lookup(make_spec(), make_account(), check_answer(raw))
+    assert found is not None
+    assert (found.status, found.raw_status) == (RefundStatus.NEEDS_ATTENTION, str(raw))
+    assert found.reason and "contradicts" in found.reason
 
 
 def test_lookup_of_an_undocumented_status_raises_unmapped() -> None:

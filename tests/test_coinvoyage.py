@@ -20,6 +20,7 @@ from providers.base import (
     NoncePolicy,
     NonceUnit,
     ProviderError,
+    Reading,
     RefundSpec,
     RefundStatus,
     Request,
@@ -109,8 +110,11 @@ DOCUMENTED = {
 }
 
 
-def test_status_map_covers_exactly_the_documented_statuses() -> None:
-    assert set(cv.STATUS_MAP) == set(DOCUMENTED)
+def test_status_table_covers_exactly_the_documented_statuses() -> None:
+    assert {raw: entry.status for raw, entry in cv.STATUS_TABLE.items()} == DOCUMENTED
+    assert {entry.reading for entry in cv.STATUS_TABLE.values()} == {Reading.REFUND}  # refund records only
+    assert ADAPTER.status_table is cv.STATUS_TABLE
+    assert ADAPTER.settle_seconds == 300  # no idempotency key: a wrong "absent" pays twice
 
 
 @pytest.mark.parametrize(("raw", "expected"), DOCUMENTED.items())
@@ -331,7 +335,7 @@ def test_parse_lookup_found_absent_and_duplicates() -> None:
     assert ADAPTER.parse_lookup(s, account(), resp(200, {"data": []})) is None
     twice = dict(mine, id="po_refund_2")
     dup = ADAPTER.parse_lookup(s, account(), resp(200, {"data": [mine, twice]}))
-    assert dup is not None and dup.detail["duplicate_payorder_ids"] == ["po_refund_1", "po_refund_2"]
+    assert dup is not None and (dup.provider_refund_id, dup.others) == ("po_refund_1", ("po_refund_2",))
     with pytest.raises(ProviderError) as info:
         ADAPTER.parse_lookup(s, account(), resp(200, [mine]))
     assert info.value.kind == ErrorKind.RETRYABLE
@@ -567,10 +571,8 @@ def test_no_idempotency_a_second_create_makes_a_second_order(sandbox: SandboxSer
     assert (entry["created"], entry["create_calls"]) == (2, 2)
     found = ADAPTER.parse_lookup(s, acct, send(ADAPTER.build_lookup(s, acct, now())))
     assert found is not None
-    assert set(found.detail["duplicate_payorder_ids"]) == {
-        first.provider_refund_id,
-        second.provider_refund_id,
-    }
+    assert {found.provider_refund_id, *found.others} == {first.provider_refund_id, second.provider_refund_id}
+    assert len(found.others) == 1
     other = spec("10.00")
     assert ADAPTER.parse_lookup(other, acct, send(ADAPTER.build_lookup(other, acct, now()))) is None
 

@@ -109,8 +109,18 @@ def test_sign_body_is_md5_of_base64_body_plus_key() -> None:
 # --- status map --------------------------------------------------------------------------------------
 
 
-def test_status_map_covers_exactly_the_documented_statuses() -> None:
-    assert set(cm.STATUS_MAP) == DOCUMENTED
+def test_status_table_covers_exactly_the_documented_statuses() -> None:
+    assert set(cm.STATUS_TABLE) == DOCUMENTED
+    assert ADAPTER.status_table is cm.STATUS_TABLE
+    assert ADAPTER.settle_seconds == 30  # one refund per invoice
+
+
+@pytest.mark.parametrize("raw", ["process", "check", "confirm_check", "wrong_amount_waiting"])
+def test_payment_in_progress_is_unsure_on_polls_and_lookups(raw: str) -> None:
+    for parse in (ADAPTER.parse_status, ADAPTER.parse_lookup):
+        with pytest.raises(ProviderError) as exc:
+            parse(spec(), make_account(), info(raw))
+        assert (exc.value.kind, exc.value.raw_status) == (ErrorKind.UNSURE, raw)
 
 
 @pytest.mark.parametrize(
@@ -121,10 +131,6 @@ def test_status_map_covers_exactly_the_documented_statuses() -> None:
         ("refund_fail", RefundStatus.FAILED),
         ("paid", RefundStatus.PENDING),
         ("paid_over", RefundStatus.PENDING),
-        ("process", RefundStatus.PENDING),
-        ("check", RefundStatus.PENDING),
-        ("confirm_check", RefundStatus.PENDING),
-        ("wrong_amount_waiting", RefundStatus.PENDING),
         ("wrong_amount", RefundStatus.NEEDS_ATTENTION),
         ("fail", RefundStatus.NEEDS_ATTENTION),
         ("cancel", RefundStatus.NEEDS_ATTENTION),
@@ -326,10 +332,13 @@ def test_parse_lookup_found_absent_and_not_refundable() -> None:
     assert ADAPTER.parse_lookup(spec(), account, info("paid_over")) is None
     found = ADAPTER.parse_lookup(spec(), account, info("refund_process"))
     assert found is not None and found.status is RefundStatus.PROCESSING and found.detail["amount"] == "15.00"
-    for raw in ("fail", "cancel", "locked", "process"):
-        with pytest.raises(ProviderError) as exc:
-            ADAPTER.parse_lookup(spec(), account, info(raw))
-        assert exc.value.kind is ErrorKind.REJECTED and f"invoice not refundable: {raw}" in exc.value.message
+    for raw in ("fail", "cancel", "locked", "wrong_amount", "system_fail"):
+        contradicts = ADAPTER.parse_lookup(spec(), account, info(raw))
+        assert contradicts is not None and contradicts.status is RefundStatus.NEEDS_ATTENTION
+        assert contradicts.reason and raw in contradicts.reason
+    with pytest.raises(ProviderError) as exc:
+        ADAPTER.parse_lookup(spec(), account, info("process"))
+    assert exc.value.kind is ErrorKind.UNSURE
     with pytest.raises(ProviderError) as exc:
         ADAPTER.parse_lookup(spec(), account, answer({"state": 1, "message": "Payment was not found"}, 422))
     assert exc.value.kind is ErrorKind.REJECTED
@@ -373,6 +382,11 @@ def test_verify_webhook_refuses_as_auth(body: bytes) -> None:
     with pytest.raises(ProviderError) as exc:
         ADAPTER.verify_webhook({}, body, make_account())
     assert exc.value.kind is ErrorKind.AUTH
+
+
+def test_webhook_in_an_unsure_state_is_only_a_poll_hint() -> None:
+    result = ADAPTER.verify_webhook({}, webhook({**PAYLOAD, "status": "confirm_check"}), make_account())
+    assert (result.status, result.raw_status) == (RefundStatus.UNKNOWN, "confirm_check")
 
 
 def test_verified_webhook_with_unknown_status_is_unmapped() -> None:
