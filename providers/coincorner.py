@@ -17,7 +17,8 @@ Statuses: ONE table, `STATUS_TABLE` (raw OrderStatus -> Reading, contract in `pr
 `parse_status`, `parse_lookup` and the webhook alike:
 - `-4`/`-5` REFUND (processing / completed);
 - `2` Complete NO_REFUND: a paid order without a visible refund. A poll says PENDING "not visible yet";
-- `0`/`1`/`-1`/`-2`/`-99` and the unknown-order answer `N/A` CONTRADICTS -> NEEDS_ATTENTION (never REJECTED).
+- `0`/`1`/`-99` (payment still open) UNSURE: ask again later, an operator at the deadline;
+- `-1`/`-2` and the unknown-order answer `N/A` CONTRADICTS -> NEEDS_ATTENTION (never REJECTED).
 
 Proof of absence (`parse_lookup` returns None): only a CheckOrder answer `2` (Complete) for our OrderId. Since
 CoinCorner allows one refund per OrderId (spec §9), a second RefundOrder after a wrong "absent" is refused
@@ -215,11 +216,13 @@ STATUS_TABLE: Final[Mapping[str, RawStatus]] = MappingProxyType(
         "-4": RawStatus(Reading.REFUND, RefundStatus.PROCESSING, "Pending Refund"),
         # Paid, no refund on it (yet): spec §3 "2 Complete => most likely not created".
         "2": RawStatus(Reading.NO_REFUND, text="Complete"),
-        "0": RawStatus(Reading.CONTRADICTS, text="Awaiting Payment"),
-        "1": RawStatus(Reading.CONTRADICTS, text="Pending Confirmation"),
+        # The order's payment is still open: like Cryptomus's in-progress invoices, it neither proves
+        # a refund absent (a request held until payment could still execute) nor contradicts one.
+        "0": RawStatus(Reading.UNSURE, text="Awaiting Payment"),
+        "1": RawStatus(Reading.UNSURE, text="Pending Confirmation"),
         "-1": RawStatus(Reading.CONTRADICTS, text="Cancelled"),
         "-2": RawStatus(Reading.CONTRADICTS, text="Expired"),
-        "-99": RawStatus(Reading.CONTRADICTS, text="Pending (Invoice Order)"),
+        "-99": RawStatus(Reading.UNSURE, text="Pending (Invoice Order)"),
         # The order is unknown to CoinCorner: no refund of ours can be on it, yet we may have sent one.
         UNKNOWN_ORDER: RawStatus(Reading.CONTRADICTS, text="N/A"),
     }

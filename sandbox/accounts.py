@@ -57,7 +57,12 @@ cobo_response_private_key = "file:{SANDBOX_COBO_KEY_FILE}"
 provider = "cobo"
 base_url = "{base_url}/cobo/v2"
 secrets = {{ api_private_key = "file:cobo_api_private_key" }}
-options = {{ response_public_key = "{sandbox_public}", merchant_id = "M-{suffix}", refund_type = "Merchant", settle_seconds = {settle:g} }}
+
+[accounts.cobo-{suffix}.options]
+response_public_key = "{sandbox_public}"
+merchant_id = "M-{suffix}"
+refund_type = "Merchant"
+settle_seconds = {settle:g}
 
 [accounts.coincorner-{suffix}]
 provider = "coincorner"

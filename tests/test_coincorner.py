@@ -71,15 +71,16 @@ def check_answer(order_status: int | str, order_id: str = "55", text: str | None
 
 # --- statuses ---------------------------------------------------------------------------------------
 
-DOCUMENTED = {
-    "0": RefundStatus.NEEDS_ATTENTION,
-    "1": RefundStatus.NEEDS_ATTENTION,
+# None: the payment is still open (UNSURE): both reads raise ProviderError(UNSURE).
+DOCUMENTED: dict[str, RefundStatus | None] = {
+    "0": None,
+    "1": None,
     "2": RefundStatus.PENDING,
     "-1": RefundStatus.NEEDS_ATTENTION,
     "-2": RefundStatus.NEEDS_ATTENTION,
     "-4": RefundStatus.PROCESSING,
     "-5": RefundStatus.COMPLETED,
-    "-99": RefundStatus.NEEDS_ATTENTION,
+    "-99": None,
 }
 
 
@@ -91,7 +92,12 @@ def test_status_table_covers_exactly_the_documented_statuses() -> None:
 
 
 @pytest.mark.parametrize(("raw", "expected"), DOCUMENTED.items())
-def test_parse_status_maps_every_documented_status(raw: str, expected: RefundStatus) -> None:
+def test_parse_status_maps_every_documented_status(raw: str, expected: RefundStatus | None) -> None:
+    if expected is None:
+        with pytest.raises(ProviderError) as caught:
+            ADAPTER.parse_status(make_spec(), make_account(), check_answer(int(raw)))
+        assert caught.value.kind is ErrorKind.UNSURE and caught.value.raw_status == raw
+        return
     result = ADAPTER.parse_status(make_spec(), make_account(), check_answer(int(raw)))
     assert result.status is expected
     assert result.raw_status == raw
@@ -159,7 +165,14 @@ def test_lookup_of_a_paid_order_without_refund_is_none() -> None:
     assert ADAPTER.parse_lookup(make_spec(), make_account(), check_answer(2)) is None
 
 
-@pytest.mark.parametrize("raw", [0, 1, -1, -2, -99])
+@pytest.mark.parametrize("raw", [0, 1, -99])
+def test_lookup_of_an_order_still_awaiting_payment_is_unsure(raw: int) -> None:
+    with pytest.raises(ProviderError) as caught:
+        ADAPTER.parse_lookup(make_spec(), make_account(), check_answer(raw))
+    assert caught.value.kind is ErrorKind.UNSURE
+
+
+@pytest.mark.parametrize("raw", [-1, -2])
 def test_lookup_of_a_not_refundable_order_needs_attention(raw: int) -> None:
     found = ADAPTER.parse_lookup(make_spec(), make_account(), check_answer(raw))
     assert found is not None

@@ -157,8 +157,7 @@ class Engine:
 
     def settle_seconds(self, account: Account) -> float:
         """How long after an ambiguous send a lookup's "absent" is not yet believed."""
-        default = getattr(get_adapter(account.provider), "settle_seconds", 30.0)
-        return float(account.option("settle_seconds", default))
+        return float(account.option("settle_seconds", get_adapter(account.provider).settle_seconds))
 
     def _move(self, refund: Refund, to: S, *, answer: Mapping[str, Any] | None = None, **kwargs: Any) -> bool:
         """Guarded transition under the refund's claim, in its own transaction. False when the
