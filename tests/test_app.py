@@ -9,7 +9,7 @@ from redis import Redis
 
 from config.settings import Settings
 from tests.conftest import TEST_REDIS_URL
-from worker.app import QUEUES, ROUTES, celery_app, check_invariants, make_celery, send_budget
+from worker.app import QUEUES, celery_app, check_invariants, make_celery
 
 
 def test_every_registered_task_has_a_route_to_a_consumed_queue() -> None:
@@ -18,10 +18,11 @@ def test_every_registered_task_has_a_route_to_a_consumed_queue() -> None:
     celery_app.loader.import_default_modules()
     ours = sorted(name for name in celery_app.tasks if name.startswith("refundq."))
     assert {"refundq.submit", "refundq.poll", "refundq.intake", "refundq.reconcile"} <= set(ours)
+    routes = celery_app.conf.task_routes
     for name in ours:
-        assert name in ROUTES, f"{name} has no route"
+        assert name in routes, f"{name} has no route"
         queue = celery_app.amqp.router.route({}, name)["queue"].name
-        assert queue == ROUTES[name] and queue in QUEUES, (name, queue)
+        assert queue == routes[name]["queue"] and queue in QUEUES, (name, queue)
 
 
 # Task limits that every case below satisfies, so only the lease rule is under test.
@@ -47,6 +48,8 @@ def test_a_lease_that_a_send_could_outlive_is_refused(changes: dict[str, float],
 
 
 def test_the_send_budget_counts_every_wait_and_the_call() -> None:
+    from worker.app import send_budget
+
     s = Settings()
     assert send_budget(s) == s.throttle_giveback + s.lane_wait + 0.5 + s.http_connect_timeout + s.http_read_timeout
 
