@@ -141,7 +141,8 @@ class SandboxState:
         self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, updated)
         self._lock = threading.Lock()
         self._first_calls: set[tuple[str, str, str, str]] = set()
-        self._late: set[asyncio.TimerHandle] = set()  # creates still to execute (timing faults)
+        # Creates still to execute (timing faults) -> their answers, for whoever still waits.
+        self._late: dict[asyncio.TimerHandle, asyncio.Future[Response]] = {}
 
     # --- accounts -------------------------------------------------------------------------------
 
@@ -293,8 +294,9 @@ class SandboxState:
             self._seen_nonces.clear()
             self._buckets.clear()
             self._first_calls.clear()
-        for handle in self._late:  # a late create must not land in the emptied ledger
+        for handle, done in self._late.items():  # a late create must not land in the emptied ledger
             handle.cancel()
+            done.cancel()  # nor its withheld request wait for it forever
         self._late.clear()
 
     async def hang(self) -> None:
@@ -331,13 +333,18 @@ class SandboxState:
         done: asyncio.Future[Response] = loop.create_future()
 
         def fire() -> None:
-            self._late.discard(handle)
-            answer = commit()
+            self._late.pop(handle, None)
+            try:
+                answer = commit()
+            except Exception as exc:  # the withheld request fails with it rather than wait forever
+                if not done.done():
+                    done.set_exception(exc)
+                raise
             if not done.done():  # the withheld request may have been cancelled (server shutdown)
                 done.set_result(answer)
 
         handle = loop.call_later(max(0.0, delay), fire)
-        self._late.add(handle)
+        self._late[handle] = done
         return done
 
     async def execute_late(self, commit: Commit) -> Response:

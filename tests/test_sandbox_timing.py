@@ -28,7 +28,7 @@ from worker.demo import ADDRESSES
 DELAY = 2.0  # execute_delay_seconds: leaves a 1 s window after the client's 1 s timeout
 CLIENT_TIMEOUT = 1.0
 # Per-byte pauses short enough for a quick test, the bodies long enough (checked) to take over 1 s.
-TRICKLE = {"coinvoyage": 0.002, "cobo": 0.002}
+TRICKLE = {"coinvoyage": 0.002, "cobo": 0.003}
 DEFAULTS = {"execute_delay_seconds": 3.0, "trickle_interval": 0.25}  # SandboxConfig's, restored after each test
 PROVIDERS = ("coinvoyage", "cobo")
 CURRENCY = {"cobo": "ETH_USDT", "coinvoyage": "USD"}
@@ -141,6 +141,15 @@ def test_delayed_execution_cobo_create_after_the_delay_is_a_duplicate(timing: Sa
     assert e is not None and e["created"] == 1 and e["create_calls"] == 2
 
 
+def test_reset_cancels_a_pending_late_create(timing: SandboxServer) -> None:
+    spec, key = make_spec("coinvoyage", 60)
+    with pytest.raises(httpx.ReadTimeout):
+        send(create_request(timing, "coinvoyage", spec, Nonces("coinvoyage")), CLIENT_TIMEOUT)
+    timing.reset()
+    time.sleep(DELAY)  # past the moment the late create was due
+    assert entry(timing, "coinvoyage", key) is None
+
+
 # --- TRICKLED_ANSWER --------------------------------------------------------------------------------------
 
 
@@ -173,6 +182,22 @@ def test_trickled_answer_outlasts_a_read_timeout_and_commits_after_the_body(
     answer = json.loads(body)
     refund_id = answer["refund_id"] if provider == "cobo" else answer["id"]
     assert refund_id == e["provider_refund_id"]  # the answer named the refund that was then created
+
+
+def test_trickled_answer_commits_even_when_the_client_hangs_up(timing: SandboxServer) -> None:
+    """A client that gives up mid-answer (its own deadline) does not stop the provider's commit."""
+    interval = TRICKLE["coinvoyage"]
+    timing.configure(trickle_interval=interval)
+    spec, key = make_spec("coinvoyage", 61)
+    req = create_request(timing, "coinvoyage", spec, Nonces("coinvoyage"))
+    with (
+        httpx.Client(timeout=CLIENT_TIMEOUT) as client,
+        client.stream(req.method, req.url, headers=dict(req.headers), content=req.body) as resp,
+    ):
+        length = int(resp.headers["content-length"])
+        next(resp.iter_raw())  # then hang up
+    assert entry(timing, "coinvoyage", key) is None
+    wait_for_entry(timing, "coinvoyage", key, lambda e: e["created"] == 1, within=length * interval + 3)
 
 
 # --- ANSWER_LOST ------------------------------------------------------------------------------------------
