@@ -19,6 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-after-send", type=float, default=0.02)
     parser.add_argument("--restart-postgres", action="store_true")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--no-timing",
+        dest="timing",
+        action="store_false",
+        help="no timing faults (delayed execution, trickled answer, answer lost) and no worker clock skew",
+    )
     args = parser.parse_args(argv)
     return run_chaos(ChaosOptions(**vars(args)))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import fields
 from importlib import import_module
@@ -17,7 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config.accounts import Accounts
-from sandbox.core import SandboxConfig, SandboxState, load_sandbox_secrets
+from sandbox.core import QuietAnswerLost, SandboxConfig, SandboxState, load_sandbox_secrets
 
 PROVIDERS = ("cobo", "coincorner", "coinvoyage", "cryptomus")
 
@@ -27,6 +28,9 @@ def create_app(
 ) -> ASGIApp:
     """`accounts_file` may carry a [sandbox] table with the sandbox's own Cobo response key."""
     state = SandboxState(accounts, config, sandbox_secrets=load_sandbox_secrets(accounts_file))
+    server_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, QuietAnswerLost) for f in server_log.filters):
+        server_log.addFilter(QuietAnswerLost())  # ANSWER_LOST drops connections on purpose: no traceback
 
     async def ledger(_: Request) -> JSONResponse:
         return JSONResponse(state.snapshot())
@@ -36,7 +40,8 @@ def create_app(
         return JSONResponse({"ok": True})
 
     async def configure(request: Request) -> JSONResponse:
-        """Change knobs at run time: {"step_seconds": 0.2, "outage": {"cobo": true}, ...}."""
+        """Change knobs at run time: {"step_seconds": 0.2, "outage": {"cobo": true}, "execute_delay_seconds": 4,
+        "trickle_interval": 0.01, ...}."""
         changes: dict[str, Any] = json.loads(await request.body() or b"{}")
         known = {f.name for f in fields(SandboxConfig)}
         unknown = set(changes) - known

@@ -13,10 +13,14 @@ Faithful to shared/providers/cobo.md where it matters to refundq:
   without `to_address` (or the ACTION_REQUIRED scenario until funded) stays PendingConfirmation until a
   `PUT /v2/payments/refunds/{id}` gives an address; amount / to_address / token_id come from the ledger entry.
 
-Scenarios: all ten have a counterpart. RATE_LIMITED -> 429 / 2010, SERVER_ERROR -> 500 / 1000, REJECTED ->
+Scenarios: all thirteen have a counterpart. RATE_LIMITED -> 429 / 2010, SERVER_ERROR -> 500 / 1000, REJECTED ->
 400 / 12007 "Insufficient balance", UNDOCUMENTED_STATUS -> "Frozen" after the first phase, ACTION_REQUIRED
--> PendingConfirmation until `POST /_sandbox/fund/cobo/<request_id>` or an address PUT. The scenario marker
-is read from `order_id` and `request_id`, else the amount's cents.
+-> PendingConfirmation until `POST /_sandbox/fund/cobo/<request_id>` or an address PUT. Timing faults (first
+create only, sandbox/core.py): DELAYED_EXECUTION -> no answer, the refund appears `execute_delay_seconds` after
+receipt (a create with the same request_id arriving before that creates it; the late one is then a
+duplicate); TRICKLED_ANSWER -> the signed 201 trickles a byte per `trickle_interval`, the refund is created
+once it is out; ANSWER_LOST -> created, then the connection closes unanswered. The scenario marker is read
+from `order_id` and `request_id`, else the amount's cents.
 Cancel (undocumented result, cobo.md §9): allowed while Pending / PendingConfirmation, then Failed with
 failed_reason "Cancelled by merchant".
 """
@@ -28,6 +32,7 @@ import math
 import time
 import uuid
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -42,6 +47,15 @@ PROVIDER = "cobo"
 MOUNT = "/cobo"
 UNDOCUMENTED_STATUS = "Frozen"
 CANCELLED_REASON = "Cancelled by merchant"
+# Create fields kept beside the ledger entry, echoed in every refund object.
+_EXTRA_FIELDS = (
+    "order_id",
+    "merchant_id",
+    "refund_type",
+    "charge_merchant_fee",
+    "merchant_fee_amount",
+    "merchant_fee_token_id",
+)
 
 
 def error(status_code: int, code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -215,33 +229,40 @@ def routes(state: SandboxState) -> list[BaseRoute]:
             return error(500, 1000, "Internal error")
         if scenario == Scenario.REJECTED:
             return error(400, 12007, "Insufficient balance")
-        entry, created_now = state.record_create(
+        refund_id = "R" + uuid.uuid4().hex[:20]
+        extras[refund_id] = {k: body[k] for k in _EXTRA_FIELDS if k in body}
+        record = partial(
+            state.record_create,
             PROVIDER,
             key_id,
             request_id,
-            provider_refund_id="R" + uuid.uuid4().hex[:20],
+            provider_refund_id=refund_id,
             scenario=scenario,
             amount=amount,
             destination=body.get("to_address") or None,
             currency=str(body["token_id"]),
         )
-        if not created_now:  # a concurrent twin won the race
-            return error(400, 12009, "Duplicate request ID. Use a unique request ID")
-        extras[entry.provider_refund_id] = {
-            k: body[k]
-            for k in (
-                "order_id",
-                "merchant_id",
-                "refund_type",
-                "charge_merchant_fee",
-                "merchant_fee_amount",
-                "merchant_fee_token_id",
-            )
-            if k in body
-        }
-        if scenario == Scenario.TIMEOUT_AFTER_COMMIT and state.first_time(PROVIDER, key_id, request_id, "hang"):
+
+        def commit() -> Response:
+            entry, created_now = record()
+            if not created_now:  # a concurrent twin won the race, or came in before a late execution
+                return error(400, 12009, "Duplicate request ID. Use a unique request ID")
+            return signed(refund_object(entry), 201)
+
+        def draft() -> Response:
+            return signed(refund_object(record(draft=True)[0]), 201)
+
+        late = await state.timing_fault(scenario, PROVIDER, key_id, request_id, commit, draft)
+        if late is not None:
+            return late
+        answer = commit()
+        if (
+            answer.status_code == 201
+            and scenario == Scenario.TIMEOUT_AFTER_COMMIT
+            and state.first_time(PROVIDER, key_id, request_id, "hang")
+        ):
             await state.hang()  # committed; the client gives up before this answer
-        return signed(refund_object(entry), 201)
+        return answer
 
     async def list_refunds(request: Request) -> Response:
         auth = await authenticate(request)

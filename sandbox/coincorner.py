@@ -14,7 +14,11 @@ Faithful to shared/providers/coincorner.md: form or JSON bodies (ASP.NET model b
 - RefundOrder answers 200 with an empty body (the help page documents no response).
 - Scenarios: RATE_LIMITED (429 + Retry-After, once), SERVER_ERROR (500, once), TIMEOUT_AFTER_COMMIT (creates,
   then hangs, once), SLOW, UNDOCUMENTED_STATUS (OrderStatus -7 after the first phase), REJECTED (400
-  "Insufficient balance"). FAILED, PARTIAL and ACTION_REQUIRED have no CoinCorner counterpart (no failure
+  "Insufficient balance"); timing faults on the first RefundOrder (sandbox/core.py): DELAYED_EXECUTION (no
+  answer, the refund exists `execute_delay_seconds` after receipt; a RefundOrder sent meanwhile refunds the
+  order and the late one then finds it refunded), TRICKLED_ANSWER (the empty answer has nothing to trickle, so
+  TRICKLE_FILLER whitespace trickles instead; the adapter reads no body), ANSWER_LOST (refunded, connection
+  closed unanswered). FAILED, PARTIAL and ACTION_REQUIRED have no CoinCorner counterpart (no failure
   status, no human step is documented) and behave as NORMAL.
 - CheckOrder/GetOrder carry no refund amount or address (the real API has none), so amount drift cannot show
   here; GetOrder reports the ledger amount as the invoice amount only for a readable demo.
@@ -122,18 +126,32 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         if scenario is Scenario.SERVER_ERROR and state.first_time(NAME, call.key_id, order_id, "500"):
             return _message("An error has occurred.", 500)
 
-        state.record_create(
-            NAME,
-            call.key_id,
-            order_id,
-            provider_refund_id=order_id,
-            scenario=scenario,
-            amount=amount,
-            destination=call.fields["Address"],
+        def commit() -> Response:
+            _, created = state.record_create(
+                NAME,
+                call.key_id,
+                order_id,
+                provider_refund_id=order_id,
+                scenario=scenario,
+                amount=amount,
+                destination=call.fields["Address"],
+            )
+            # Refunded meanwhile (a concurrent twin, or a create sent before a late execution): one per order.
+            return Response(status_code=200) if created else _message("Order already refunded", 400)
+
+        late = await state.timing_fault(
+            scenario, NAME, call.key_id, order_id, commit, lambda: Response(status_code=200)
         )
-        if scenario is Scenario.TIMEOUT_AFTER_COMMIT and state.first_time(NAME, call.key_id, order_id, "hang"):
+        if late is not None:
+            return late
+        answer = commit()
+        if (
+            answer.status_code == 200
+            and scenario is Scenario.TIMEOUT_AFTER_COMMIT
+            and state.first_time(NAME, call.key_id, order_id, "hang")
+        ):
             await state.hang()
-        return Response(status_code=200)
+        return answer
 
     def order_status(entry: LedgerEntry | None) -> int | str:
         if entry is None:

@@ -18,7 +18,12 @@
   SERVER_ERROR -> the first create answers 500; TIMEOUT_AFTER_COMMIT -> the first create creates, then
   hangs; UNDOCUMENTED_STATUS -> `ON_HOLD` after the first phase; REJECTED -> 400 "Insufficient balance";
   ACTION_REQUIRED -> AWAITING_PAYMENT until `POST /_sandbox/fund/coinvoyage/<pay-order id or refund
-  id>`, then AWAITING_CONFIRMATION -> EXECUTING_ORDER -> COMPLETED. Every scenario has a counterpart.
+  id>`, then AWAITING_CONFIRMATION -> EXECUTING_ORDER -> COMPLETED. Timing faults, on the first create
+  (sandbox/core.py): DELAYED_EXECUTION -> no answer; the pay-order is created `execute_delay_seconds` after
+  receipt, and a create sent meanwhile makes one too (no idempotency): `created` 2, the double payment a
+  client must avoid by not resending before its settle time; TRICKLED_ANSWER -> the pay-order JSON trickles
+  a byte per `trickle_interval`, created once it is out; ANSWER_LOST -> created, then the connection closes
+  unanswered. Every scenario has a counterpart.
   The scenario comes from a `sbxNN` marker in the refunded pay-order id, else the amount's cents.
 - `outage` -> 503 with an empty body to every call; a rate limit on the API key -> 429 + Retry-After;
   drift (`status_override`, amount, destination) shows in every read.
@@ -33,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -256,7 +262,8 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         if scenario == Scenario.SERVER_ERROR and state.first_time(PROVIDER, key_id, refund_key, "500"):
             return _error(request, 500, "Internal server error")
 
-        entry, created_now = state.record_create(
+        record = partial(
+            state.record_create,
             PROVIDER,
             key_id,
             refund_key,
@@ -266,15 +273,29 @@ def routes(state: SandboxState) -> list[BaseRoute]:
             destination=receiving,
             currency=unit,  # a token refund names no ticker in its body, so none is reported
         )
-        if not created_now:
-            # No idempotency at CoinVoyage: this call made a second REFUND order for the same refund.
-            with state._lock:
-                entry.created += 1
-        order = Order(order_id, entry, parent_id, chain_id, asset.get("address"), unit, dict(metadata))
-        orders[order_id] = order
+
+        def order_of(entry: LedgerEntry) -> Order:
+            return Order(order_id, entry, parent_id, chain_id, asset.get("address"), unit, dict(metadata))
+
+        def commit() -> Response:
+            entry, created_now = record()
+            if not created_now:
+                # No idempotency at CoinVoyage: this call made a second REFUND order for the same refund.
+                with state._lock:
+                    entry.created += 1
+            order = orders[order_id] = order_of(entry)
+            return _json(pay_order(request, order))
+
+        def draft() -> Response:
+            return _json(pay_order(request, order_of(record(draft=True)[0])))
+
+        late = await state.timing_fault(scenario, PROVIDER, key_id, refund_key, commit, draft)
+        if late is not None:
+            return late
+        answer = commit()
         if scenario == Scenario.TIMEOUT_AFTER_COMMIT and state.first_time(PROVIDER, key_id, refund_key, "hang"):
             await state.hang()
-        return _json(pay_order(request, order))
+        return answer
 
     async def get_order(request: Request) -> Response:
         key_id, refusal = await guard(request)

@@ -4,20 +4,42 @@ clock, per-key nonce and rate-limit checks, and the fault switches tests flip at
 Scenarios are chosen by data so a test or the demo picks an outcome just by what it enqueues:
 a marker `sbx<NN>` in a provider text field (order id, ...) wins; otherwise the cents of the
 amount (`12.51` -> 51). Codes below 50 are normal refunds.
+
+Timing faults (60-62) make a provider slow or lossy rather than wrong, each on the FIRST create call of a
+refund only (so a resend behaves normally); every provider implements them through `timing_fault`:
+
+- DELAYED_EXECUTION: the request is received in full, but the refund is created only
+  `execute_delay_seconds` after receipt, by the same code path as a normal create (so a create that
+  arrived meanwhile is treated as the provider treats a duplicate: Cobo request_id dedup, one refund per
+  order / invoice at CoinCorner / Cryptomus, and at CoinVoyage, which has no idempotency key, a second
+  pay-order: `created` 2). The answer is withheld for `hang_seconds` (or until the late creation, if
+  later): the client times out, and a lookup before the delay finds nothing.
+- TRICKLED_ANSWER: status line and headers at once, then the body one byte every `trickle_interval`
+  seconds (Content-Length correct); the refund is created once the last byte is out ("committed late"),
+  or on that schedule anyway if the client hangs up. Per-read timeouts never fire: only a deadline on
+  the whole call bounds it (len(body) * trickle_interval seconds). An empty answer (CoinCorner) trickles
+  TRICKLE_FILLER (JSON whitespace) instead.
+- ANSWER_LOST: the refund is created, then the connection is closed without a byte of answer: the
+  client sees a transport error (httpx RemoteProtocolError), never an HTTP status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
+
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from config.accounts import Accounts, resolve_secret
 
@@ -33,6 +55,16 @@ class Scenario(IntEnum):
     UNDOCUMENTED_STATUS = 57  # status reads answer a status no spec documents
     REJECTED = 58  # create refused (insufficient balance / already refunded)
     ACTION_REQUIRED = 59  # waits for a person: Cobo PendingConfirmation, CoinVoyage AWAITING_PAYMENT
+    DELAYED_EXECUTION = 60  # first create: no answer; the refund appears execute_delay_seconds later
+    TRICKLED_ANSWER = 61  # first create: the body trickles a byte per trickle_interval, then it commits
+    ANSWER_LOST = 62  # first create: committed, then the connection closes without any answer
+
+
+TIMING_FAULTS = frozenset({Scenario.DELAYED_EXECUTION, Scenario.TRICKLED_ANSWER, Scenario.ANSWER_LOST})
+# What a trickled empty answer sends instead: whitespace any JSON reader skips, long enough to take time.
+TRICKLE_FILLER = b" " * 64
+# A create's commit: the provider's normal create code path, returning its answer.
+Commit = Callable[[], Response]
 
 
 _MARKER = re.compile(r"sbx(\d{2})")
@@ -65,7 +97,9 @@ class Phase(IntEnum):
 class SandboxConfig:
     step_seconds: float = 1.0  # time in each non-final phase
     latency_seconds: float = 0.0  # added to every provider call (benchmarks: a provider's round trip)
-    hang_seconds: float = 60.0  # how long a timeout-after-commit create keeps the client waiting
+    hang_seconds: float = 60.0  # how long a timeout-after-commit / delayed-execution create withholds its answer
+    execute_delay_seconds: float = 3.0  # DELAYED_EXECUTION: receipt -> the refund is created
+    trickle_interval: float = 0.25  # TRICKLED_ANSWER: seconds between two bytes of the answer body
     timestamp_window_ms: int = 300_000  # Cobo / CoinVoyage: stale timestamps are refused
     strict_nonce: dict[str, bool] = field(default_factory=dict)  # provider -> enforce increasing nonces
     rate_limit: dict[str, float] = field(default_factory=dict)  # key id -> requests per second
@@ -107,6 +141,8 @@ class SandboxState:
         self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, updated)
         self._lock = threading.Lock()
         self._first_calls: set[tuple[str, str, str, str]] = set()
+        # Creates still to execute (timing faults) -> their answers, for whoever still waits.
+        self._late: dict[asyncio.TimerHandle, asyncio.Future[Response]] = {}
 
     # --- accounts -------------------------------------------------------------------------------
 
@@ -195,22 +231,28 @@ class SandboxState:
         amount: Decimal | None = None,
         destination: str | None = None,
         currency: str | None = None,
+        draft: bool = False,
     ) -> tuple[LedgerEntry, bool]:
-        """Count a create call; create the refund unless it exists. Returns (entry, created_now)."""
+        """Count a create call; create the refund unless it exists. Returns (entry, created_now).
+        `draft`: the entry this call would create, neither stored nor counted (to render an answer
+        before the commit, as TRICKLED_ANSWER does)."""
+        fresh = LedgerEntry(
+            provider=provider,
+            key_id=key_id,
+            refund_key=refund_key,
+            provider_refund_id=provider_refund_id,
+            scenario=int(scenario),
+            created_at=time.time(),
+            amount=None if amount is None else format(amount, "f"),
+            destination=destination,
+            currency=currency,
+        )
+        if draft:
+            return fresh, True
         with self._lock:
             entry = self.ledger.get((provider, key_id, refund_key))
             if entry is None:
-                entry = LedgerEntry(
-                    provider=provider,
-                    key_id=key_id,
-                    refund_key=refund_key,
-                    provider_refund_id=provider_refund_id,
-                    scenario=int(scenario),
-                    created_at=time.time(),
-                    amount=None if amount is None else format(amount, "f"),
-                    destination=destination,
-                    currency=currency,
-                )
+                entry = fresh
                 self.ledger[(provider, key_id, refund_key)] = entry
                 entry.create_calls, entry.created = 1, 1
                 return entry, True
@@ -252,9 +294,114 @@ class SandboxState:
             self._seen_nonces.clear()
             self._buckets.clear()
             self._first_calls.clear()
+        for handle, done in self._late.items():  # a late create must not land in the emptied ledger
+            handle.cancel()
+            done.cancel()  # nor its withheld request wait for it forever
+        self._late.clear()
 
     async def hang(self) -> None:
         await asyncio.sleep(self.config.hang_seconds)
+
+    # --- timing faults --------------------------------------------------------------------------
+
+    async def timing_fault(
+        self,
+        scenario: Scenario,
+        provider: str,
+        key_id: str,
+        refund_key: str,
+        commit: Commit,
+        draft: Callable[[], Response],
+    ) -> Response | None:
+        """The answer to a create under a timing fault, on the refund's first create call only; None:
+        answer normally. `commit` is the provider's normal create path; `draft` renders the answer it
+        would give without committing (the trickle sends it before the commit)."""
+        if scenario not in TIMING_FAULTS or not self.first_time(provider, key_id, refund_key, scenario.name):
+            return None
+        self.count(provider, f"timing:{scenario.name.lower()}")  # chaos reports what it injected
+        if scenario == Scenario.DELAYED_EXECUTION:
+            return await self.execute_late(commit)
+        if scenario == Scenario.TRICKLED_ANSWER:
+            return self.trickle(draft(), commit)
+        commit()
+        return LostAnswer()
+
+    def later(self, delay: float, commit: Commit) -> asyncio.Future[Response]:
+        """Run `commit` in `delay` seconds on the event loop, whatever becomes of the request that asked
+        for it (its client may be long gone): a provider executes what it received."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Response] = loop.create_future()
+
+        def fire() -> None:
+            self._late.pop(handle, None)
+            try:
+                answer = commit()
+            except Exception as exc:  # the withheld request fails with it rather than wait forever
+                if not done.done():
+                    done.set_exception(exc)
+                raise
+            if not done.done():  # the withheld request may have been cancelled (server shutdown)
+                done.set_result(answer)
+
+        handle = loop.call_later(max(0.0, delay), fire)
+        self._late[handle] = done
+        return done
+
+    async def execute_late(self, commit: Commit) -> Response:
+        """DELAYED_EXECUTION: create `execute_delay_seconds` after receipt; withhold the answer meanwhile."""
+        done = self.later(self.config.execute_delay_seconds, commit)
+        await asyncio.sleep(self.config.hang_seconds)
+        return await done  # a client still waiting gets the late create's own answer
+
+    def trickle(self, draft: Response, commit: Commit) -> StreamingResponse:
+        """TRICKLED_ANSWER: `draft`'s status and headers now, its body a byte per `trickle_interval`."""
+        body = bytes(draft.body) or TRICKLE_FILLER
+        headers = dict(draft.headers)
+        headers["content-length"] = str(len(body))  # a correct length: the last byte ends the answer
+        return StreamingResponse(self._trickled(body, commit), draft.status_code, headers)
+
+    async def _trickled(self, body: bytes, commit: Commit) -> AsyncIterator[bytes]:
+        interval = self.config.trickle_interval
+        sent = 0
+        try:
+            while sent < len(body):
+                await asyncio.sleep(interval)
+                yield body[sent : sent + 1]
+                sent += 1
+        finally:
+            if sent == len(body):
+                commit()  # the whole answer is out: committed late
+            else:  # the client hung up: the provider still commits when its answer would have been out
+                self.later((len(body) - sent) * interval, commit)
+
+
+class AnswerLost(Exception):
+    """Raised inside the app after a committed create, so the server drops the connection unanswered."""
+
+
+class LostAnswer(Response):
+    """ANSWER_LOST: no status line, no headers, a closed connection.
+
+    Returning without an answer, or raising before one, makes uvicorn answer 500 itself. So this starts
+    a response the server must refuse (a header value with a line break: uvicorn's h11 and httptools
+    protocols both validate before writing a byte, after marking the response started), then raises:
+    a server with a started response closes the socket. Were the start written anyway, the client
+    would still see the connection close mid-answer: a transport error either way."""
+
+    def __init__(self) -> None:
+        super().__init__(b"")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with contextlib.suppress(Exception):  # the refusal we asked for
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"x-sandbox", b"answer\nlost")]})
+        raise AnswerLost("ANSWER_LOST: the create was committed; its answer is dropped on purpose")
+
+
+class QuietAnswerLost(logging.Filter):
+    """Keeps uvicorn's "Exception in ASGI application" traceback for AnswerLost out of the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], AnswerLost))
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

@@ -22,7 +22,11 @@ Scenarios (marker `sbxNN` in the order_id or uuid; a refund call carries no amou
 FAILED -> refund_fail; SLOW -> 10x slower; RATE_LIMITED -> first refund call 429 `Too Many Attempts.` with
 Retry-After: 1; SERVER_ERROR -> first refund call 500; TIMEOUT_AFTER_COMMIT -> first refund call records the
 refund then hangs; UNDOCUMENTED_STATUS -> reads after the first phase answer `refund_hold`; REJECTED -> the
-invoice does not exist: 422 `Payment was not found` on every call. PARTIAL and ACTION_REQUIRED have no
+invoice does not exist: 422 `Payment was not found` on every call. Timing faults on the first refund call
+(sandbox/core.py): DELAYED_EXECUTION -> no answer, the refund is recorded `execute_delay_seconds` after
+receipt (a call sent meanwhile refunds the invoice; the late one is then refused: one refund per invoice);
+TRICKLED_ANSWER -> `{"state":0,"result":[]}` trickles a byte per `trickle_interval`, recorded once it is out;
+ANSWER_LOST -> recorded, then the connection closes unanswered. PARTIAL and ACTION_REQUIRED have no
 Cryptomus counterpart (a refund returns the whole invoice and needs no person): they behave as NORMAL.
 
 Faults: `outage` -> 503 with an empty body on every call; `rate_limit` keyed by the merchant uuid -> 429 in
@@ -218,21 +222,35 @@ def routes(state: SandboxState) -> list[BaseRoute]:
             return JSONResponse({"message": "Server Error"}, status_code=500)
         # No Cryptomus counterpart: a refund returns the whole invoice and waits for no person.
         recorded = Scenario.NORMAL if inv.scenario in (Scenario.PARTIAL, Scenario.ACTION_REQUIRED) else inv.scenario
-        _, created = state.record_create(
-            NAME,
-            merchant,
-            inv.uuid,
-            provider_refund_id=inv.order_id or inv.uuid,
-            scenario=recorded,
-            amount=inv.amount,
-            destination=str(address),
-            currency=CURRENCY,
+
+        def commit() -> Response:
+            _, created = state.record_create(
+                NAME,
+                merchant,
+                inv.uuid,
+                provider_refund_id=inv.order_id or inv.uuid,
+                scenario=recorded,
+                amount=inv.amount,
+                destination=str(address),
+                currency=CURRENCY,
+            )
+            if not created:  # a concurrent twin, or a call sent before a late execution; counted all the same
+                return _fail(422, ALREADY_REFUNDED)
+            return JSONResponse({"state": 0, "result": []})
+
+        late = await state.timing_fault(
+            inv.scenario, NAME, merchant, inv.uuid, commit, lambda: JSONResponse({"state": 0, "result": []})
         )
-        if not created:  # a concurrent twin won the race; record_create counted this call
-            return _fail(422, ALREADY_REFUNDED)
-        if inv.scenario == Scenario.TIMEOUT_AFTER_COMMIT and state.first_time(NAME, merchant, inv.uuid, "hang"):
+        if late is not None:
+            return late
+        answer = commit()
+        if (
+            answer.status_code == 200
+            and inv.scenario == Scenario.TIMEOUT_AFTER_COMMIT
+            and state.first_time(NAME, merchant, inv.uuid, "hang")
+        ):
             await state.hang()
-        return JSONResponse({"state": 0, "result": []})
+        return answer
 
     async def info(request: Request) -> Response:
         auth = await authenticate(request)

@@ -11,7 +11,12 @@ Redis and database, enqueues refunds across all four providers with fault scenar
 - restarts PostgreSQL, only with --restart-postgres (it is the machine's shared server);
 - starts a second dispatcher, and SIGKILLs / restarts the leader;
 - switches a provider into an outage (503 to every call) for a few seconds: a 5xx burst;
-- re-publishes `refundq.submit` for refunds already finished or in flight.
+- re-publishes `refundq.submit` for refunds already finished or in flight;
+- timing faults (unless ChaosOptions.timing is off): refunds whose first create the sandbox executes
+  seconds after receipt without answering (delayed execution), answers a byte at a time and commits
+  after the last one (trickled answer), or commits and then drops the connection (answer lost); and
+  one worker slot runs every incarnation with a wall clock skewed by a random offset within +-30 s
+  (REFUNDQ_CLOCK_SKEW; Cobo refuses nonces more than 5 minutes off).
 
 Then it stops injecting faults, waits up to --settle seconds, and prints per provider: enqueued,
 final, lost (not final after the settle time), created twice at the provider (sandbox ledger
@@ -58,14 +63,34 @@ CURRENCIES = {"cobo": "ETH_USDT", "coincorner": "GBP", "coinvoyage": "USD", "cry
 # Amount cents -> sandbox scenario (sandbox/core.py): normal x5, failed, partial, 429 first,
 # 500 first, timeout after commit, rejected. No 59 (it waits for a person).
 SCENARIOS = (0, 0, 0, 0, 0, 51, 52, 54, 55, 56, 58)
+# Timing faults, added to the mix with ChaosOptions.timing: delayed execution, trickled answer, answer lost.
+TIMING_SCENARIOS = (60, 61, 62)
+TIMING_NAMES = {
+    "delayed_execution": "delayed execution",
+    "trickled_answer": "trickled answer",
+    "answer_lost": "answer lost",
+}
+# REFUNDQ_CLOCK_SKEW values (seconds) for the skewed worker slot, drawn per incarnation.
+CLOCK_SKEWS = ("+30", "+20", "+7", "-7", "-20", "-30")
+SKEWED_SLOT = 0
+# The worker must really time out on a withheld answer: its read timeout stays below the sandbox's hang,
+# and its whole call (connect + read) ends before a delayed create executes.
+HTTP_CONNECT_TIMEOUT = 1.0
+HTTP_READ_TIMEOUT = 2.0
+SANDBOX_HANG = 3.0
+EXECUTE_DELAY = 4.0
+# Per byte: the long answers (Cobo ~500, CoinVoyage ~700 bytes) outlast the worker's 3 s call deadline and
+# commit 4-6 s after receipt, as late as a delayed execution; short ones (Cryptomus, CoinCorner) finish in time.
+TRICKLE_INTERVAL = 0.008
+assert HTTP_READ_TIMEOUT < SANDBOX_HANG and HTTP_CONNECT_TIMEOUT + HTTP_READ_TIMEOUT < EXECUTE_DELAY
 EMBEDDED = "embedded"
 
 
-def chaos_requests(n: int, run: str) -> list[dict[str, Any]]:
+def chaos_requests(n: int, run: str, scenarios: tuple[int, ...] = SCENARIOS) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i in range(n):
         provider = PROVIDERS[i % 4]
-        code = SCENARIOS[(i // 4) % len(SCENARIOS)]
+        code = scenarios[(i // 4) % len(scenarios)]
         amount = Decimal(10 + i % 500) + Decimal(code) / 100
         order = f"chaos-{run}-{i}" + (f"-sbx{code:02d}" if code else "")
         by_provider: dict[str, dict[str, Any]] = {
@@ -102,6 +127,7 @@ class ChaosOptions:
     kill_after_send: float = 0.02  # probability a worker dies between a provider's answer and the commit
     restart_postgres: bool = False
     seed: int | None = None
+    timing: bool = True  # timing-fault scenarios in the mix, and a worker slot with a skewed clock
 
 
 @dataclass
@@ -111,6 +137,7 @@ class Report:
     events: Counter[str]
     elapsed: float
     failures: list[str] = field(default_factory=list)
+    timing: Counter[str] = field(default_factory=Counter)  # timing faults the sandbox injected, by name
 
     @property
     def ok(self) -> bool:
@@ -137,6 +164,11 @@ class _Chaos:
     def start_worker(self, slot: int, kill_after_send: float) -> None:
         self.incarnation += 1
         env = {**self.env, "REFUNDQ_CHAOS_KILL_AFTER_SEND": str(kill_after_send)}
+        if self.opts.timing and slot == SKEWED_SLOT:
+            # Skewed and true clocks share the refunds: stored times, nonces and leases must not care.
+            skew = self.rng.choice(CLOCK_SKEWS)
+            env["REFUNDQ_CLOCK_SKEW"] = skew
+            self.events[f"worker clock skew {skew}s"] += 1
         name = f"worker{slot}"
         self.children.refundq(
             name,
@@ -284,8 +316,8 @@ class _Chaos:
             "REFUNDQ_POLL_MAX": "2",
             "REFUNDQ_RETRY_INITIAL": "0.5",
             "REFUNDQ_RETRY_MAX": "2",
-            "REFUNDQ_HTTP_CONNECT_TIMEOUT": "1",
-            "REFUNDQ_HTTP_READ_TIMEOUT": "2",
+            "REFUNDQ_HTTP_CONNECT_TIMEOUT": str(HTTP_CONNECT_TIMEOUT),
+            "REFUNDQ_HTTP_READ_TIMEOUT": str(HTTP_READ_TIMEOUT),
             "REFUNDQ_TASK_SOFT_TIME_LIMIT": "5",
             "REFUNDQ_TASK_TIME_LIMIT": "8",
             # A send lease this short makes a killed worker's refund due again within seconds.
@@ -310,10 +342,11 @@ class _Chaos:
         upgrade(database_url)
         self.children.refundq(
             "sandbox",
-            ["sandbox", "--port", str(port), "--accounts", str(accounts), "--step", "0.3", "--hang", "3"],
+            ["sandbox", "--port", str(port), "--accounts", str(accounts), "--step", "0.3", "--hang", str(SANDBOX_HANG)],
             self.env,
         )
         wait_until(lambda: http_ok(f"{self.sandbox_url}/_sandbox/health"), 30, "sandbox")
+        self.sandbox_config(execute_delay_seconds=EXECUTE_DELAY, trickle_interval=TRICKLE_INTERVAL)
         for slot in range(opts.workers):
             self.start_worker(slot, opts.kill_after_send)
         self.children.refundq("dispatcher", ["dispatcher"], self.env)
@@ -325,7 +358,7 @@ class _Chaos:
 
         rt = build_runtime(get_settings())
         started = time.monotonic()
-        requests = chaos_requests(opts.refunds, run)
+        requests = chaos_requests(opts.refunds, run, SCENARIOS + TIMING_SCENARIOS if opts.timing else SCENARIOS)
         ids: list[str] = []
         provider_of: dict[str, str] = {}
         next_fault = time.monotonic() + opts.interval
@@ -393,7 +426,8 @@ class _Chaos:
 
         with rt.engine.connect() as conn:
             status_of = {r.id: r.status for r in conn.execute(text("SELECT id, status FROM refund"))}
-        ledger = httpx.get(f"{self.sandbox_url}/_sandbox/ledger", timeout=10).json()["refunds"]
+        snapshot = httpx.get(f"{self.sandbox_url}/_sandbox/ledger", timeout=10).json()
+        ledger = snapshot["refunds"]
         rows: dict[str, dict[str, Any]] = {
             p: {"enqueued": 0, "final": 0, "lost": 0, "created_twice": 0, "sent_twice": 0, "settle": 0.0}
             for p in PROVIDERS
@@ -420,7 +454,17 @@ class _Chaos:
             for what in ("lost", "created_twice", "sent_twice"):
                 if row[what]:
                     failures.append(f"{provider}: {row[what]} {what.replace('_', ' ')}")
-        return Report(rows, statuses, self.events, elapsed, failures)
+        return Report(rows, statuses, self.events, elapsed, failures, timing_faults(snapshot["counters"]))
+
+
+def timing_faults(counters: dict[str, int]) -> Counter[str]:
+    """Timing faults the sandbox fired (counters `<provider>:timing:<fault>`), summed over providers."""
+    fired: Counter[str] = Counter()
+    for key, n in counters.items():
+        kind, _, fault = key.partition(":")[2].partition(":")
+        if kind == "timing":
+            fired[TIMING_NAMES.get(fault, fault)] += n
+    return fired
 
 
 def print_report(report: Report, console: Console) -> None:
@@ -437,6 +481,8 @@ def print_report(report: Report, console: Console) -> None:
     console.print(table)
     console.print("final statuses: " + ", ".join(f"{s} {n}" for s, n in sorted(report.statuses.items())))
     console.print("faults injected: " + ", ".join(f"{e} x{n}" for e, n in sorted(report.events.items())))
+    timing = ", ".join(f"{name} x{report.timing[name]}" for name in TIMING_NAMES.values())
+    console.print(f"timing faults injected (sandbox, first create only): {timing}")
     console.print(
         "[green]OK: nothing lost, nothing twice[/green]" if report.ok else "FAILED: " + "; ".join(report.failures)
     )
