@@ -268,3 +268,32 @@ def test_a_lookup_found_by_a_late_answer_is_not_resent(db_url: str, sandbox: Any
         )
     assert Engine(rt).submit(refund.id) == "needs_attention"
     assert sandbox.ledger()["refunds"] == []
+
+
+def test_only_refusal_or_cancellation_frees_the_invoice(db_url: str, sandbox: Any) -> None:
+    """Finding 4: a refund that may have been paid keeps its one-refund-per-invoice key (unknown can
+    no longer become rejected); a refused or cancelled one frees it, whatever path moved it."""
+    from worker.states import allowed
+
+    assert not allowed(S.UNKNOWN, S.REJECTED)
+    rt = make_runtime(db_url, sandbox.accounts_file)
+    request = {
+        "idempotency_key": "invoice-key",
+        "provider": "coincorner",
+        "account": "coincorner-sandbox",
+        "amount": "12.00",
+        "currency": "GBP",
+        "destination": "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq",
+        "fields": {"order_id": "invoice-1"},
+    }
+    first, _ = persist(request, rt)
+    second, _ = persist({**request, "idempotency_key": "invoice-key-2", "fields": {"order_id": "invoice-2"}}, rt)
+    with rt.engine.begin() as conn:
+        store.transition(conn, first.id, S.QUEUED, S.SUBMITTING)
+        store.transition(conn, first.id, S.SUBMITTING, S.UNKNOWN)
+        store.transition(conn, first.id, S.UNKNOWN, S.NEEDS_ATTENTION)
+        store.transition(conn, second.id, S.QUEUED, S.CANCELLED)
+    with rt.engine.connect() as conn:
+        kept, freed = store.get_refund(conn, first.id), store.get_refund(conn, second.id)
+    assert kept is not None and kept.exclusive_key is not None
+    assert freed is not None and freed.exclusive_key is None

@@ -827,7 +827,7 @@ def cancel(batch_id: str, *, rt: Runtime | None = None, chunk: int = 500) -> int
                         S.QUEUED,
                         S.CANCELLED,
                         reason=f"batch {batch_id} cancelled by an operator",
-                        values={"next_action_at": None, "exclusive_key": None},
+                        values={"next_action_at": None},
                     )
                     cancelled += 1
                 except store.LostRace:

@@ -320,8 +320,12 @@ class _Chaos:
             "REFUNDQ_HTTP_READ_TIMEOUT": str(HTTP_READ_TIMEOUT),
             "REFUNDQ_TASK_SOFT_TIME_LIMIT": "5",
             "REFUNDQ_TASK_TIME_LIMIT": "8",
-            # A send lease this short makes a killed worker's refund due again within seconds.
+            # A send lease this short makes a killed worker's refund due again within seconds; it still
+            # outlasts the longest send (0.5 token + 1 lane + 0.5 nonce + 3 call, plus a 1 s margin).
             "REFUNDQ_LEASE_SECONDS": "10",
+            "REFUNDQ_THROTTLE_GIVEBACK": "0.5",
+            "REFUNDQ_LANE_WAIT": "1",
+            "REFUNDQ_LEASE_MARGIN": "1",
             "REFUNDQ_PUBLISH_GRACE": "3",
             "REFUNDQ_DISPATCH_INTERVAL": "0.5",
             "REFUNDQ_WORKER_SOFT_SHUTDOWN_TIMEOUT": "5",

@@ -132,9 +132,12 @@ def chaos(
     kill_after_send: Annotated[float, typer.Option(help="chance a worker dies between answer and commit")] = 0.02,
     restart_postgres: Annotated[bool, typer.Option(help="also restart the machine's PostgreSQL")] = False,
     seed: Annotated[int | None, typer.Option(help="random seed for the faults")] = None,
+    timing: Annotated[
+        bool, typer.Option(help="timing faults: late execution, trickled and lost answers, worker clock skew")
+    ] = True,
 ) -> None:
-    """Kill workers, flush and restart Redis, double the dispatcher, inject provider faults; then
-    count refunds lost or created twice. Exit 1 on any."""
+    """Kill workers, flush and restart Redis, double the dispatcher, inject provider faults and
+    timing faults; then count refunds lost or created twice. Exit 1 on any."""
     from worker.chaos import ChaosOptions, run_chaos
 
     opts = ChaosOptions(
@@ -148,6 +151,7 @@ def chaos(
         kill_after_send=kill_after_send,
         restart_postgres=restart_postgres,
         seed=seed,
+        timing=timing,
     )
     raise typer.Exit(run_chaos(opts, console))
 
