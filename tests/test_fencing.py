@@ -297,3 +297,25 @@ def test_only_refusal_or_cancellation_frees_the_invoice(db_url: str, sandbox: An
         kept, freed = store.get_refund(conn, first.id), store.get_refund(conn, second.id)
     assert kept is not None and kept.exclusive_key is not None
     assert freed is not None and freed.exclusive_key is None
+
+
+def test_a_worker_clock_behind_does_not_shorten_its_claim(
+    db_url: str, sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 1 (one clock): the lease was written with the worker's clock and judged with the
+    dispatcher's. A worker 100 s behind wrote a lease already past; the dispatcher took the claim
+    over while the request was in flight. Leases are now written and judged on the database clock."""
+    import worker.engine
+
+    rt = make_runtime(db_url, sandbox.accounts_file)  # lease_seconds 60 < the 100 s skew
+    rt.transport = stall = Stall(rt.transport, before_send=True)
+    monkeypatch.setattr(worker.engine, "utcnow", lambda: datetime.now(UTC) - timedelta(seconds=100))
+    refund, _ = persist(cobo("skewed"), rt)
+    worker_a, out = run(Engine(rt).submit, refund.id)
+    assert stall.reached.wait(10)  # claimed and renewed on the worker's clock
+    monkeypatch.undo()  # the dispatcher's clock is true
+    Engine(make_runtime(db_url, sandbox.accounts_file)).dispatch_once()
+    assert status_of(rt, refund.id) == "submitting", "the claim was taken over while its send was in flight"
+    stall.release.set()
+    worker_a.join(15)
+    assert out == ["pending"]

@@ -195,3 +195,37 @@ def test_integrity_on_poll_and_scheduled_reconciliation(stack_factory: Any, sand
         reasons = [e["reason"] or "" for e in store.events(conn, slow.id)]
     assert any(r.startswith("integrity: amount: requested 21.53, provider reports 99.00") for r in reasons), reasons
     assert refunds[done.id].detail["drift"]["provider"]["raw_status"] == "FAILED"
+
+
+def test_duplicates_from_late_answers_and_from_the_provider_are_drift() -> None:
+    """A superseded claim was told another provider id (a late answer), or the provider lists the
+    refund twice: reconciliation flags it, naming every id."""
+    from worker.reconcile import duplicates
+
+    found = StatusResult(RefundStatus.COMPLETED, "Completed", "R1")
+    assert duplicates(refund(), found, []) == []
+    assert duplicates(refund(), found, [{"outcome": "answer", "provider_refund_id": "R1"}]) == []
+    late = duplicates(refund(), found, [{"outcome": "answer", "provider_refund_id": "R9"}])
+    assert late and "R1" in late[0] and "R9" in late[0]
+    listed = duplicates(refund(), StatusResult(RefundStatus.COMPLETED, "Completed", "R1", others=("R2",)), [])
+    assert listed and "R2" in listed[0]
+
+
+def test_reconcile_flags_a_refund_whose_superseded_claim_got_another_id(sandbox: Any, sqlite_url: str) -> None:
+    from worker.engine import Engine
+    from worker.producer import persist
+    from worker.reconcile import Reconciler
+
+    rt = make_runtime(sqlite_url, sandbox.accounts_file)
+    created, _ = persist(row(0, f"late-dup-{time.time_ns()}", code=0), rt)  # i = 0: cobo
+    engine = Engine(rt)
+    assert engine.submit(created.id) == "pending"
+    with rt.engine.begin() as conn:
+        store.add_late_answer(
+            conn, created.id, "claim 1 was taken over", {"outcome": "answer", "provider_refund_id": "X"}
+        )
+    finding = Reconciler(rt).check(created.id)
+    assert finding.outcome == "drift" and any("duplicate" in p for p in finding.problems), finding
+    with rt.engine.connect() as conn:
+        stored = store.get_refund(conn, created.id)
+    assert stored is not None and stored.status == "needs_attention"
