@@ -161,15 +161,15 @@ class Engine:
 
     def _move(self, refund: Refund, to: S, *, answer: Mapping[str, Any] | None = None, **kwargs: Any) -> bool:
         """Guarded transition under the refund's claim, in its own transaction. False when the
-        row moved on or the claim was taken over; then `answer` (what the provider told us) is
-        kept as a late-answer event for the next lookup and for reconciliation."""
+        row moved on or the claim was taken over; then, for a send, `answer` (what the provider
+        told us) is kept as a late-answer event for the next lookup and for reconciliation."""
         frm = S(refund.status)
         try:
             with self.rt.engine.begin() as conn:
                 store.transition(conn, refund.id, frm, to, claim=refund.claim, **kwargs)
         except store.LostRace as exc:
             log.info("lost_race", detail=str(exc))
-            if answer is not None:
+            if answer is not None and frm is S.SUBMITTING:
                 with self.rt.engine.begin() as conn:
                     store.add_late_answer(conn, refund.id, f"claim {refund.claim} was taken over", answer)
                 log.warning("late_answer", claim=refund.claim, **{k: v for k, v in answer.items() if k != "response"})
@@ -307,14 +307,13 @@ class Engine:
                 return "lost_race"
             log.info(f"{op.value}_later", outcome=outcome.value, retry_in=round(delay, 2))
             return "deferred" if decision.when is When.WAIT else f"{op.value}_retry"
-        return self._to(refund, op, decision, outcome, exc, message, response, answer)
+        return self._to(refund, op, decision, exc, message, response, answer)
 
     def _to(
         self,
         refund: Refund,
         op: Op,
         decision: Decision,
-        outcome: Outcome,
         exc: BaseException | None,
         message: str | None,
         response: Response | None,
