@@ -18,10 +18,12 @@ PENDING "not visible yet"); the payment still in progress (process, check, confi
 wrong_amount_waiting) UNSURE; the final non-paid states (wrong_amount, fail, cancel, system_fail, locked)
 CONTRADICTS -> NEEDS_ATTENTION, never REJECTED.
 
-Proof of absence (`parse_lookup` returns None): only a payment/info answer `paid` or `paid_over` for our invoice
-(spec §3: a refund shows as refund_*). Cryptomus takes one refund per invoice (spec §3, [S4]), so a resend after
-a wrong "absent" is refused rather than paid twice: `settle_seconds` = 30 (the worker applies it after an
-ambiguous send; an account may override it with the option `settle_seconds`).
+Proof of absence (`parse_lookup` returns None): a payment/info answer `paid` or `paid_over` for our invoice
+(spec §3: a refund shows as refund_*), or the documented 422 `Payment was not found` [S2]: no invoice, so no
+refund on it (a resend is then refused the same way, and the refund ends `rejected` on that answer).
+Cryptomus takes one refund per invoice (spec §3, [S4]), so a resend after a wrong "absent" is refused rather
+than paid twice: `settle_seconds` = 30 (the worker applies it after an ambiguous send; an account may override
+it with the option `settle_seconds`).
 
 Assumptions (spec §9 "Unknown", recommended choices, and the lead's decisions)
 - The text of "refund already requested" is undocumented: any failure message that mentions a refund made
@@ -304,6 +306,7 @@ STATUS_TABLE: Final[Mapping[str, RawStatus]] = MappingProxyType(
 # --- error table ----------------------------------------------------------------------------------
 
 _AUTH_MESSAGES: Final = re.compile(r"invalid sign", re.IGNORECASE)
+PAYMENT_NOT_FOUND: Final = "Payment was not found"  # documented [S2]: the invoice does not exist
 # Undocumented (§9): any wording telling the refund was already made / can be made only once.
 _ALREADY_MESSAGES: Final = re.compile(r"already|only once", re.IGNORECASE)
 
@@ -526,7 +529,10 @@ class CryptomusAdapter:
         return result
 
     def parse_lookup(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult | None:
-        """None only for `paid` / `paid_over`: the invoice shows no refund (an unknown status never does)."""
+        """None for `paid` / `paid_over` (the invoice shows no refund) and for an invoice Cryptomus does
+        not know (an unknown status never is)."""
+        if resp.status_code == 422 and _message(json_or_none(resp.body)) == PAYMENT_NOT_FOUND:
+            return None
         return self._read(self._info(resp), self._refund_id(spec), lookup=True, http_status=resp.status_code)
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, account: Account) -> StatusResult:

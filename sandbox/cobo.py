@@ -47,15 +47,6 @@ PROVIDER = "cobo"
 MOUNT = "/cobo"
 UNDOCUMENTED_STATUS = "Frozen"
 CANCELLED_REASON = "Cancelled by merchant"
-# Create fields kept beside the ledger entry, echoed in every refund object.
-_EXTRA_FIELDS = (
-    "order_id",
-    "merchant_id",
-    "refund_type",
-    "charge_merchant_fee",
-    "merchant_fee_amount",
-    "merchant_fee_token_id",
-)
 
 
 def error(status_code: int, code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -230,7 +221,8 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         if scenario == Scenario.REJECTED:
             return error(400, 12007, "Insufficient balance")
         refund_id = "R" + uuid.uuid4().hex[:20]
-        extras[refund_id] = {k: body[k] for k in _EXTRA_FIELDS if k in body}
+        # The create's optional fields, kept beside the ledger entry and echoed in every refund object.
+        extras[refund_id] = {k: body[k] for k in cobo.OPTIONAL_FIELDS if k in body}
         record = partial(
             state.record_create,
             PROVIDER,

@@ -18,6 +18,7 @@ from providers import get_adapter
 from providers.base import RefundStatus as S
 from providers.base import Request, Response
 from tests.conftest import make_runtime
+from tests.test_engine import cobo, coinvoyage
 from worker import store
 from worker.engine import Engine, spec_of
 from worker.models import refund_table
@@ -56,29 +57,6 @@ class Stall:
     def _stall(self) -> None:
         self.reached.set()
         assert self.release.wait(30), "the test never released the stalled call"
-
-
-def cobo(key: str) -> dict[str, Any]:
-    return {
-        "idempotency_key": key,
-        "provider": "cobo",
-        "account": "cobo-sandbox",
-        "amount": "12.00",
-        "currency": "ETH_USDT",
-        "destination": "0x" + "ab" * 20,
-    }
-
-
-def coinvoyage(key: str, payorder: str | None = None) -> dict[str, Any]:
-    return {
-        "idempotency_key": key,
-        "provider": "coinvoyage",
-        "account": "coinvoyage-sandbox",
-        "amount": "12.00",
-        "currency": "USD",
-        "destination": "7EcDhSYGxXyscszYEp35KHN8vvw3svAuLKTzXwCFLtV",
-        "fields": {"payorder_id": payorder or f"po-{key}", "chain_id": 30000000000001},
-    }
 
 
 def status_of(rt: Any, refund_id: str) -> str:
@@ -345,3 +323,29 @@ def test_a_worker_clock_behind_does_not_shorten_its_claim(
     stall.release.set()
     worker_a.join(15)
     assert out == ["pending"]
+
+
+def test_an_unknown_refund_on_an_invoice_the_provider_does_not_know_ends_rejected(db_url: str, sandbox: Any) -> None:
+    """Found by chaos: a worker died after sending a Cryptomus refund for an invoice Cryptomus does not
+    know. Its lookup answers the documented "Payment was not found", which is proof that no refund is
+    on that invoice: after the settle time it is resent, and that send's own refusal ends it."""
+    from worker.demo import ADDRESSES
+
+    rt = with_settle(make_runtime(db_url, sandbox.accounts_file), 0)
+    refund, _ = persist(
+        {
+            "idempotency_key": "no-invoice",
+            "provider": "cryptomus",
+            "account": "cryptomus-sandbox",
+            "amount": "12.58",
+            "currency": "USDT",
+            "destination": ADDRESSES["cryptomus"],
+            "fields": {"order_id": "no-invoice-sbx58-amt12_58", "network": "tron"},
+        },
+        rt,
+    )
+    with rt.engine.begin() as conn:
+        store.transition(conn, refund.id, S.QUEUED, S.SUBMITTING)
+        store.transition(conn, refund.id, S.SUBMITTING, S.UNKNOWN, values={"next_action_at": datetime.now(UTC)})
+    assert Engine(rt).submit(refund.id) == "rejected"
+    assert any("claimed for send again" in r for r in reasons(rt, refund.id))

@@ -78,7 +78,7 @@ SKEWED_SLOT = 0
 HTTP_CONNECT_TIMEOUT = 1.0
 HTTP_READ_TIMEOUT = 2.0
 SANDBOX_HANG = 3.0
-EXECUTE_DELAY = 4.0
+EXECUTE_DELAY = 6.0
 # Per byte: the long answers (Cobo ~500, CoinVoyage ~700 bytes) outlast the worker's 3 s call deadline and
 # commit 4-6 s after receipt, as late as a delayed execution; short ones (Cryptomus, CoinCorner) finish in time.
 TRICKLE_INTERVAL = 0.008
