@@ -470,23 +470,26 @@ class Engine:
         refund = refund.model_copy(
             update={"status": S.SUBMITTING.value, "attempts": refund.attempts + 1, "claim": claim}
         )
-        return self._send(refund, admitted)
+        return self._send(refund, admitted, fresh=True)
 
-    def _send(self, refund: Refund, admitted: Pass | None = None) -> str:
-        """`admitted`: the first request was admitted before the claim; re-signs are admitted here."""
+    def _renew(self, refund: Refund) -> bool:
+        with self.rt.engine.begin() as conn:
+            return store.touch(
+                conn,
+                refund.id,
+                S.SUBMITTING,
+                {"next_action_at": timedelta(seconds=self.settings.lease_seconds)},
+                claim=refund.claim,
+            )
+
+    def _send(self, refund: Refund, admitted: Pass | None = None, *, fresh: bool = False) -> str:
+        """`admitted`: the first request was admitted before the claim; re-signs are admitted here.
+        `fresh`: the claim was committed just now, with a full lease: it counts as the first renewal."""
         adapter, account, spec = self._parts(refund)
         for resign in range(NONCE_RESIGNS + 1):
             # Renew the claim before every send: the request's every wait and the call itself fit
             # in one lease (worker/app.py), and a claim taken over since is never sent on.
-            with self.rt.engine.begin() as conn:
-                renewed = store.touch(
-                    conn,
-                    refund.id,
-                    S.SUBMITTING,
-                    {"next_action_at": timedelta(seconds=self.settings.lease_seconds)},
-                    claim=refund.claim,
-                )
-            if not renewed:
+            if not (fresh and resign == 0) and not self._renew(refund):
                 log.warning("claim_lost_before_send", claim=refund.claim)
                 return "claim_lost"
             try:
