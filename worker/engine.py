@@ -292,13 +292,12 @@ class Engine:
         account = self.rt.accounts[refund.account]
         if decision.penalty and isinstance(exc, ProviderError):
             self.rt.limiter.penalize(account, exc.retry_after)
-        message = None if exc is None else redact(str(exc))
-        answer = _answer_record(outcome, result, exc, response)
         if decision.to is Next.ADOPT:
             assert result is not None and response is not None
             return self._adopt(refund, result, decision.reason, response)
         if decision.to is Next.RESEND:
             return self._claim_and_send(refund)
+        message = None if exc is None else redact(str(exc))
         if decision.to is Next.STAY:
             polls = {} if decision.when is When.WAIT else {"polls": refund.polls + 1}
             error = None if message is None else f"{op.value}: {message}"
@@ -307,7 +306,7 @@ class Engine:
                 return "lost_race"
             log.info(f"{op.value}_later", outcome=outcome.value, retry_in=round(delay, 2))
             return "deferred" if decision.when is When.WAIT else f"{op.value}_retry"
-        return self._to(refund, op, decision, exc, message, response, answer)
+        return self._to(refund, op, decision, exc, message, response, _answer_record(outcome, None, exc, response))
 
     def _to(
         self,
@@ -331,22 +330,18 @@ class Engine:
                 answer=answer,
                 **({"last_error": message} if message else {}),
             )
-        values: dict[str, Any] = {}
+        delay = None if decision.when is When.NEVER else self._delay(refund, op, decision.when, exc)
+        values: dict[str, Any] = {"next_action_at": None if delay is None else timedelta(seconds=delay)}
         if message is not None:
             values["last_error"] = message[:2000]
-        if decision.when is When.NEVER:
-            values["next_action_at"] = None
-        else:
-            delay = self._delay(refund, op, decision.when, exc)
-            values["next_action_at"] = timedelta(seconds=delay)
         if to is S.UNKNOWN:
             # The request may still be executed by the provider: absent is not believed before this.
             values["settle_until"] = timedelta(seconds=self.settle_seconds(self.rt.accounts[refund.account]))
         if op is Op.SEND and not decision.counted:
             values["attempts"] = refund.attempts - 1
         reason = decision.reason if message is None else f"{decision.reason}: {message}"
-        if to is S.QUEUED and "next_action_at" in values:
-            reason += f" (again in {values['next_action_at'].total_seconds():.1f}s)"
+        if to is S.QUEUED and delay is not None:
+            reason += f" (again in {delay:.1f}s)"
         moved = self._move(
             refund,
             to,
@@ -460,10 +455,13 @@ class Engine:
         except store.LostRace:
             self.rt.breaker.abandon(account, admitted)
             if frm is S.UNKNOWN and refund.settle_until is not None:
-                # Most likely not settled yet: look again once it is (a lost race changes nothing).
-                wait = max((refund.settle_until - utcnow()).total_seconds(), 0.0) + random.uniform(0.5, 1.5)
-                if self._later(refund, wait):
-                    log.info("absent_not_settled", retry_in=round(wait, 2))
+                # Most likely not settled yet: look again once it is, on the database's clock (a
+                # lost race changes nothing).
+                due = {"next_action_at": refund_table.c.settle_until}
+                with self.rt.engine.begin() as conn:
+                    later = store.touch(conn, refund.id, S.UNKNOWN, due, claim=refund.claim)
+                if later:
+                    log.info("absent_not_settled", settle_until=refund.settle_until.isoformat())
                     return "settling"
             return "lost_race"
         log.info("status", frm=frm.value, to="submitting", claim=claim)

@@ -31,15 +31,14 @@ def key_id(account: Account) -> str:
 
 
 class NonceAllocator:
-    def __init__(self, redis: Redis, prefix: str, *, max_wait: float = MAX_WAIT) -> None:
+    def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
         self._script = redis.register_script(_SCRIPT)
-        self.max_wait = max_wait
 
     def next(self, account: Account, policy: NoncePolicy, unit: NonceUnit) -> int:
-        """Raises NonceWait (nothing sent) rather than sleep past `max_wait`: the caller may hold
-        a claim or a lane, whose time is counted."""
+        """Raises NonceWait (nothing sent) rather than sleep past MAX_WAIT: the caller may hold
+        a claim or a lane, whose time is counted (worker/app.py send_budget)."""
         if policy is NoncePolicy.NONE:
             return 0
         if policy is NoncePolicy.TIMESTAMP and unit is NonceUnit.S:
@@ -47,7 +46,7 @@ class NonceAllocator:
             # without running ahead of the provider's clock window; send the clock as is.
             return clock(unit)
         key = f"{self._prefix}:nonce:{account.provider}:{key_id(account)}"
-        deadline = time.monotonic() + self.max_wait
+        deadline = time.monotonic() + MAX_WAIT
         # One nonce per clock unit per key at most (1,000/s in ms): far above any provider's limit.
         for _ in range(1000):
             issued, value = self._script(keys=[key], args=[_MICROS[unit]])

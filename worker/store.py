@@ -251,12 +251,11 @@ def touch(
     values: Mapping[str, Any],
     *,
     claim: int | None = None,
-    guard: Any = None,
 ) -> bool:
     """Update non-status columns, guarded by the status (and claim) we believe it has. False if it moved."""
     result = conn.execute(
         update(refund_table)
-        .where(*_guards(refund_id, status, claim, guard))
+        .where(*_guards(refund_id, status, claim, None))
         .values(updated_at=utcnow(), **_on_db_clock(conn, values))
     )
     return result.rowcount == 1
@@ -325,7 +324,7 @@ def expired_claims(conn: Connection, limit: int) -> list[Row[Any]]:
     """Submitting rows whose send lease ran out (database clock): (id, claim, account)."""
     query = (
         select(R.id, R.claim, R.account)
-        .where(R.status == RefundStatus.SUBMITTING.value, R.next_action_at <= db_time(conn))
+        .where(R.status == RefundStatus.SUBMITTING.value, lease_expired(conn))
         .order_by(R.next_action_at)
         .limit(limit)
     )
