@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     action_required_deadline_hours: float = 168.0
     action_required_poll: float = 600.0
 
+    # Door (b) intake (worker/intake.py): messages per fetch, the size limit of one message, and
+    # how long rejected messages are kept before the consumer prunes them.
+    intake_batch: int = Field(default=500, ge=1, le=5000)
+    intake_max_bytes: int = Field(default=64 * 1024, ge=1024)
+    rejected_intake_days: float = Field(default=30.0, gt=0)
+
     # Bulk batches: rows per insert transaction; submit ids per fan-out message.
     batch_chunk: int = 10_000
     batch_publish_chunk: int = 500

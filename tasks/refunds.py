@@ -1,18 +1,15 @@
 """Thin Celery tasks: load the runtime, call the core, let the core record the outcome.
 
-`refundq.intake` is the public door (b) for producers in any language: send a Celery message
-named `refundq.intake` to queue `refundq.intake` with one JSON argument, the refund request.
+Door (b), a `refundq.intake` message on queue `refundq.intake`, is not a task here: refundq reads
+that queue itself (worker/intake.py), so no producer's bytes reach Celery's parser.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import structlog
 
 from worker.app import celery_app
 from worker.engine import Engine
-from worker.engine import intake as intake_refund
 from worker.runtime import get_runtime
 
 log = structlog.get_logger("refundq.tasks")
@@ -30,11 +27,6 @@ def submit(refund_id: str) -> str:
 @celery_app.task(name="refundq.poll")
 def poll(refund_ids: list[str]) -> dict[str, str]:
     return _engine().poll(refund_ids)
-
-
-@celery_app.task(name="refundq.intake")
-def intake(payload: dict[str, Any]) -> str:
-    return intake_refund(payload, get_runtime())
 
 
 @celery_app.task(name="refundq.dispatch")

@@ -14,7 +14,10 @@ from kombu import Exchange, Queue
 
 from config.settings import Settings, get_settings
 
-QUEUES = ("refundq.submit", "refundq.poll", "refundq.intake")
+# The queues Celery consumes. Door (b)'s queue is read by refundq's own consumer (worker/intake.py),
+# which no message shape can stop; Celery's consumers read through worker/broker.py's gate.
+QUEUES = ("refundq.submit", "refundq.poll")
+INTAKE_QUEUE = "refundq.intake"
 # Every task refundq registers, and its queue: one table, so no task falls to a default queue
 # (tests/test_app.py walks the registered tasks against it).
 ROUTES = {
@@ -23,7 +26,6 @@ ROUTES = {
     "refundq.poll": "refundq.poll",
     "refundq.reconcile": "refundq.poll",
     "refundq.dispatch": "refundq.poll",
-    "refundq.intake": "refundq.intake",
 }
 
 
@@ -40,6 +42,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     vt = {"visibility_timeout": settings.visibility_timeout}
     return {
         "broker_url": settings.redis_url,
+        "broker_transport": "worker.broker:Transport",
         "broker_transport_options": vt,
         "result_backend_transport_options": vt,
         # Also top level: some kombu/celery code paths read it there (celery #7651).
@@ -64,7 +67,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # One direct exchange per queue, named like it: what any Celery client creates for `queue=NAME`.
         "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
         "task_default_queue": "refundq.submit",
-        "task_routes": {name: {"queue": queue} for name, queue in ROUTES.items()},
+        "task_routes": {
+            **{name: {"queue": queue} for name, queue in ROUTES.items()},
+            "refundq.intake": {"queue": INTAKE_QUEUE},  # sent by Python producers, never run by Celery
+        },
         "refundq_max_countdown": settings.max_countdown,
         "refundq_http_budget": settings.http_connect_timeout + settings.http_read_timeout,
         "refundq_send_budget": send_budget(settings),

@@ -41,46 +41,79 @@ def worker(
     name: Annotated[str, typer.Option("-n", "--name")] = "refundq@%h",
     loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "INFO",
 ) -> None:
-    """Run a Celery worker (threads pool: provider calls are I/O-bound)."""
-    from worker.app import celery_app, check_invariants
+    """Run a Celery worker (threads pool: provider calls are I/O-bound). With refundq.intake in -Q,
+    also the intake consumer, in its own thread: submits and polls never wait behind intake."""
+    import threading
+
+    from worker import intake
+    from worker.app import INTAKE_QUEUE, celery_app, check_invariants
 
     problems = check_invariants(celery_app.conf)
     if problems:
         console.print("[red]refundq worker refuses to start:[/red]\n  - " + "\n  - ".join(problems))
         raise typer.Exit(2)
-    _runtime()  # load accounts and logging now: a bad accounts file fails here, not on the first task
-    celery_app.worker_main(
-        [
-            "worker",
-            "-P",
-            pool,
-            "-c",
-            str(concurrency),
-            "-Q",
-            queues,
-            "-n",
-            name,
-            "--loglevel",
-            loglevel,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ]
-    )
+    rt = _runtime()  # load accounts and logging now: a bad accounts file fails here, not on the first task
+    names = [q for q in queues.split(",") if q]
+    celery_queues = [q for q in names if q != INTAKE_QUEUE]
+    if not celery_queues:
+        _run_until_signal(lambda stop: intake.run(rt, stop))
+        return
+    stop = threading.Event()
+    consumer = None
+    if INTAKE_QUEUE in names:
+        consumer = threading.Thread(target=intake.run, args=(rt, stop), name="refundq-intake", daemon=True)
+        consumer.start()
+    try:
+        celery_app.worker_main(
+            [
+                "worker",
+                "-P",
+                pool,
+                "-c",
+                str(concurrency),
+                "-Q",
+                ",".join(celery_queues),
+                "-n",
+                name,
+                "--loglevel",
+                loglevel,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ]
+        )
+    finally:
+        stop.set()
+        if consumer is not None:
+            consumer.join(timeout=10)
+
+
+@app.command("intake")
+def intake_consumer() -> None:
+    """Run only the intake consumer (door (b)'s queue), e.g. to scale it apart from the workers."""
+    from worker import intake
+
+    rt = _runtime()
+    _run_until_signal(lambda stop: intake.run(rt, stop))
+
+
+def _run_until_signal(loop: Any) -> None:
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    loop(stop)
 
 
 @app.command()
 def dispatcher(max_ticks: Annotated[int | None, typer.Option(help="stop after N ticks")] = None) -> None:
     """Claim due refunds every second and publish their submit/poll work."""
-    import signal
-    import threading
-
     from worker.dispatcher import run
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run(_runtime(), stop, max_ticks)
+    rt = _runtime()
+    _run_until_signal(lambda stop: run(rt, stop, max_ticks))
 
 
 @app.command()

@@ -703,28 +703,3 @@ def publish(sends: Sequence[str], poll_groups: Sequence[Sequence[str]]) -> None:
             celery_app.send_task("refundq.submit", args=[refund_id], queue="refundq.submit", producer=producer)
         for group in poll_groups:
             celery_app.send_task("refundq.poll", args=[list(group)], queue="refundq.poll", producer=producer)
-
-
-def intake(payload: Mapping[str, Any], rt: Runtime) -> str:
-    """Door (b): a producer's Celery message. Invalid input is recorded, never dropped."""
-    from worker.producer import IdempotencyConflict, persist, publish_submit
-    from worker.validation import ValidationFailed
-
-    key = payload.get("idempotency_key") if isinstance(payload, Mapping) else None
-    try:
-        refund, created = persist(payload, rt)
-    except (ValidationFailed, IdempotencyConflict) as exc:
-        reasons = [str(e) for e in exc.errors] if isinstance(exc, ValidationFailed) else [str(exc)]
-        with rt.engine.begin() as conn:
-            store.record_rejected_intake(
-                conn,
-                str(key) if key is not None else None,
-                payload if isinstance(payload, Mapping) else {"raw": repr(payload)},
-                reasons,
-            )
-        log.warning("intake_rejected", idempotency_key=key, reasons=reasons)
-        return "rejected"
-    if created:
-        publish_submit(refund.id, rt)
-    log.info("intake_accepted" if created else "intake_duplicate", refund_id=refund.id)
-    return refund.id

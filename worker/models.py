@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Numeric,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
 )
@@ -130,15 +131,22 @@ class RefundEvent(SQLModel, table=True):
 
 
 class RejectedIntake(SQLModel, table=True):
-    """An intake message that failed validation: kept, never dropped silently."""
+    """A message refundq could not turn into a refund: kept (escaped, scrubbed, cut), never dropped.
+
+    `message_id` is the intake consumer's delivery number: a message redelivered after a crash
+    finds its row already there, so each message leaves exactly one."""
 
     __tablename__ = "rejected_intake"
 
     id: int | None = Field(default=None, primary_key=True)
+    message_id: str | None = Field(default=None, max_length=64, unique=True)
+    queue: str | None = Field(default=None, max_length=200)
+    producer: str | None = Field(default=None, max_length=100)
     idempotency_key: str | None = Field(default=None, max_length=200, index=True)
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(TZDateTime(), nullable=False))
+    raw: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(TZDateTime(), nullable=False, index=True))
 
 
 refund_table = Refund.__table__  # type: ignore[attr-defined]

@@ -365,12 +365,21 @@ def events(conn: Connection, refund_id: str) -> list[dict[str, Any]]:
     return [dict(r._mapping) for r in conn.execute(query)]
 
 
-def record_rejected_intake(conn: Connection, key: str | None, payload: Mapping[str, Any], reasons: list[str]) -> None:
-    conn.execute(
-        insert(rejected_intake_table).values(
-            idempotency_key=key, payload=scrub(dict(payload)), reasons=reasons, created_at=utcnow()
-        )
-    )
+def record_rejected_intakes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """One INSERT for many rejected messages; a row whose message_id is already there (the same
+    message delivered again after a crash) is skipped, so each message is recorded once."""
+    if not rows:
+        return
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = dialect_insert(rejected_intake_table).on_conflict_do_nothing(index_elements=["message_id"])
+    conn.execute(stmt, [dict(r) for r in rows])
+
+
+def prune_rejected_intakes(conn: Connection, before: datetime) -> int:
+    result = conn.execute(rejected_intake_table.delete().where(rejected_intake_table.c.created_at < before))
+    return int(result.rowcount or 0)
 
 
 def rejected_intakes(conn: Connection, key: str) -> list[dict[str, Any]]:
