@@ -57,26 +57,27 @@ class Account:
         return self.options[key]
 
 
-def resolve_secret(ref: str, *, account: str, key: str, base_dir: Path) -> SecretStr:
+def resolve_secret(
+    ref: str, *, account: str = "", key: str = "", base_dir: Path, label: str | None = None
+) -> SecretStr:
+    """Read an `env:NAME` or `file:PATH` reference. `label` names the secret in errors
+    (default: "account 'x': secret 'k'"; producers pass "producer 'p': secret")."""
+    label = label or f"account {account!r}: secret {key!r}"
     kind, _, target = ref.partition(":")
     if kind == "env":
         value = os.environ.get(target)
         if value is None:
-            raise AccountConfigError(f"account {account!r}: secret {key!r}: environment variable {target} is not set")
+            raise AccountConfigError(f"{label}: environment variable {target} is not set")
     elif kind == "file":
         path = Path(target) if Path(target).is_absolute() else base_dir / target
         try:
             value = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise AccountConfigError(
-                f"account {account!r}: secret {key!r}: cannot read {path}: {exc.strerror}"
-            ) from None
+            raise AccountConfigError(f"{label}: cannot read {path}: {exc.strerror}") from None
     else:
-        raise AccountConfigError(
-            f"account {account!r}: secret {key!r} must be 'env:NAME' or 'file:PATH' (secrets are never inline)"
-        )
+        raise AccountConfigError(f"{label} must be 'env:NAME' or 'file:PATH' (secrets are never inline)")
     if not value:
-        raise AccountConfigError(f"account {account!r}: secret {key!r} is empty")
+        raise AccountConfigError(f"{label} is empty")
     return SecretStr(value)
 
 
@@ -124,11 +125,15 @@ def parse_accounts(data: Mapping[str, Any], base_dir: Path) -> Accounts:
     return Accounts(out)
 
 
-def load_accounts(path: Path) -> Accounts:
+def read_accounts_file(path: Path) -> dict[str, Any]:
+    """The parsed TOML of the accounts file (accounts, and producers: config/producers.py)."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise AccountConfigError(f"accounts file {path} does not exist (set REFUNDQ_ACCOUNTS_FILE)") from None
     except tomllib.TOMLDecodeError as exc:
         raise AccountConfigError(f"accounts file {path}: {exc}") from None
-    return parse_accounts(data, path.parent)
+
+
+def load_accounts(path: Path) -> Accounts:
+    return parse_accounts(read_accounts_file(path), path.parent)

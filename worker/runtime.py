@@ -8,8 +8,9 @@ from functools import cached_property
 from redis import Redis
 from sqlalchemy import Engine
 
-from config.accounts import Accounts, load_accounts
+from config.accounts import Accounts
 from config.logging import configure_logging, register_secrets
+from config.producers import Producers, load_accounts_and_producers
 from config.settings import Settings, get_settings
 from worker.breaker import Breaker
 from worker.db import get_engine
@@ -23,6 +24,8 @@ from worker.transport import Transport
 class Runtime:
     settings: Settings
     accounts: Accounts = field(repr=False)
+    # Door (b) senders and their accounts (config/producers.py); empty: single tenant, unsigned.
+    producers: Producers = field(default_factory=Producers, repr=False)
 
     @cached_property
     def engine(self) -> Engine:
@@ -73,9 +76,9 @@ _runtime: Runtime | None = None
 
 def build_runtime(settings: Settings | None = None) -> Runtime:
     settings = settings or get_settings()
-    accounts = load_accounts(settings.accounts_file)
-    register_secrets(accounts.secret_values())
-    return Runtime(settings=settings, accounts=accounts)
+    accounts, producers = load_accounts_and_producers(settings.accounts_file)
+    register_secrets([*accounts.secret_values(), *producers.secret_values()])
+    return Runtime(settings=settings, accounts=accounts, producers=producers)
 
 
 def get_runtime() -> Runtime:
