@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import inspect
 import json
+import uuid
+from collections.abc import Sequence
 from functools import cache
 from queue import Empty
 from typing import Any
@@ -25,6 +27,7 @@ import structlog
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import ResponseError
 
 from worker.envelope import BadMessage, parse, safe_text
 
@@ -63,6 +66,24 @@ def check(queue: str, raw: bytes) -> None:
         raise BadMessage(f"arguments do not fit {message.task}: {exc}", message.task) from None
 
 
+def quarantine_key(prefix: str) -> str:
+    return f"{prefix}:quarantine"
+
+
+def set_aside_wrong_types(client: Any, keys: Sequence[str], prefix: str) -> list[str]:
+    """Rename queue keys that are not lists (a producer's SET or HSET on a queue name): Redis
+    refuses a pop from them with WRONGTYPE, for every queue of that pop. Kept, not deleted."""
+    moved = []
+    for key in keys:
+        kind = client.type(key)
+        if kind not in (b"list", b"none", "list", "none"):
+            target = f"{quarantine_key(prefix)}:wrongtype:{key}:{uuid.uuid4().hex[:8]}"
+            if client.renamenx(key, target):
+                moved.append(target)
+                log.error("queue_key_set_aside", key=key, type=bytes_to_str(kind), renamed_to=target)
+    return moved
+
+
 def quarantine_record(queue: str, raw: bytes, reason: str) -> str:
     return json.dumps({"queue": queue, "reason": reason, "raw": base64.b64encode(raw).decode("ascii")})
 
@@ -78,17 +99,38 @@ class Channel(kombu_redis.Channel):
         except Exception as exc:  # the gate itself must not be what stops the worker
             reason = f"unreadable: {type(exc).__name__}"
         from config.settings import get_settings
-        from worker.intake import quarantine_key
 
         with self.conn_or_acquire() as client:
             client.lpush(quarantine_key(get_settings().redis_prefix), quarantine_record(queue, item, reason))
         log.warning("message_quarantined", queue=queue, reason=reason, size=len(item))
         return None
 
+    def _set_aside(self, queues: Sequence[str] | None = None) -> None:
+        from config.settings import get_settings
+
+        keys = [self._q_for_pri(q, pri) for q in queues or self.active_queues for pri in self.priority_steps]
+        with self.conn_or_acquire() as client:
+            set_aside_wrong_types(client, keys, get_settings().redis_prefix)
+
+    def _size(self, queue: str) -> int:
+        # Declaring a queue at start measures it: a key of another type would stop the worker there.
+        try:
+            return int(super()._size(queue))
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            self._set_aside([queue])
+            return int(super()._size(queue))
+
     def _brpop_read(self, **options: Any) -> bool:
         try:
             try:
                 dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except ResponseError as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                self._set_aside()
+                raise Empty() from None
             except self.connection_errors:
                 # if there's a ConnectionError, disconnect so the next
                 # iteration will reconnect automatically.

@@ -34,6 +34,7 @@ from typing import Any
 
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -42,6 +43,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from config.logging import redact
 from worker import store
 from worker.app import INTAKE_QUEUE
+from worker.broker import quarantine_key, set_aside_wrong_types
 from worker.envelope import BadMessage, parse, raw_excerpt, safe_text
 from worker.models import utcnow
 from worker.runtime import Runtime
@@ -95,10 +97,6 @@ return n
 
 def intake_sources(queue: str = INTAKE_QUEUE) -> list[str]:
     return [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in (3, 6, 9))]
-
-
-def quarantine_key(prefix: str) -> str:
-    return f"{prefix}:quarantine"
 
 
 def read_request(raw: bytes, max_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -185,18 +183,27 @@ class IntakeConsumer:
 
     def step(self) -> int:
         """Fetch, record, ack. The number of messages handled (0: the queues were empty)."""
+        entries = self.fetch()
+        if entries:
+            self.record(entries)
+            self.rt.redis.delete(self.processing)
+        return len(entries)
+
+    def fetch(self) -> list[bytes]:
+        """Everything in our processing list (new items, and any adopted or left from a failed
+        round), oldest first."""
         redis = self.rt.redis
         redis.set(self.heartbeat, self.id, ex=HEARTBEAT)
-        self._fetch(
-            keys=[self.processing, f"{self.prefix}:intake:delivery", *self.sources],
-            args=[self.rt.settings.intake_batch],
-        )
+        keys = [self.processing, f"{self.prefix}:intake:delivery", *self.sources]
+        try:
+            self._fetch(keys=keys, args=[self.rt.settings.intake_batch])
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            set_aside_wrong_types(redis, [self.processing, *self.sources], self.prefix)
+            return []
         entries: list[bytes] = redis.lrange(self.processing, 0, -1)  # type: ignore[assignment]
-        if not entries:
-            return 0
-        self.record(entries[::-1])  # oldest first
-        redis.delete(self.processing)
-        return len(entries)
+        return entries[::-1]
 
     def record(self, entries: list[bytes]) -> None:
         rejected: list[dict[str, Any]] = []
@@ -237,8 +244,12 @@ class IntakeConsumer:
     def accept(self, message_id: str, request: dict[str, Any], kwargs: dict[str, Any]) -> list[str]:
         """Store the request (door (a)'s path). The reasons it was refused, or [] when stored."""
         from worker.producer import IdempotencyConflict, persist, publish_submit
+        from worker.producer_auth import authorize
         from worker.validation import ValidationFailed
 
+        refused = authorize(self.rt.producers, request, kwargs.get("producer"), kwargs.get("signature"))
+        if refused:
+            return [str(e) for e in refused]
         try:
             refund, created = persist(request, self.rt)
         except ValidationFailed as exc:
