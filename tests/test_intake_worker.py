@@ -196,3 +196,23 @@ def test_fuzzed_intake_messages_each_leave_one_row(stack: Any) -> None:
     assert rt.redis.llen("refundq.intake") == 0
     stack.assert_alive()
     no_tracebacks(stack)
+
+
+def test_a_worker_that_must_stop_exits_non_zero(stack_factory: Any, pg_url: str, sandbox: Any) -> None:
+    """Celery logs "Unrecoverable error" and exits 0, so a supervisor set to restart on failure
+    leaves the worker down. A key of Celery's own, clobbered by a producer, is such an error."""
+    rt = make_runtime(pg_url, sandbox.accounts_file)
+    binding = "_kombu.binding.refundq.submit"
+    saved = rt.redis.smembers(binding)
+    rt.redis.delete(binding)
+    rt.redis.set(binding, "a producer's SET")
+    try:
+        stack = stack_factory(pg_url)
+        stack.start_worker()
+        proc = stack.children.procs["w1"]
+        assert proc.wait(timeout=60) == 1
+        assert "Unrecoverable error" in (stack.children.log_dir / "w1.log").read_text(errors="replace")
+    finally:
+        rt.redis.delete(binding)
+        if saved:
+            rt.redis.sadd(binding, *saved)

@@ -58,6 +58,10 @@ def worker(
     if not celery_queues:
         _run_until_signal(lambda stop: intake.run(rt, stop))
         return
+    from celery.signals import worker_init
+
+    controllers: list[Any] = []
+    worker_init.connect(lambda sender=None, **_: controllers.append(sender), weak=False)
     stop = threading.Event()
     consumer = None
     if INTAKE_QUEUE in names:
@@ -82,10 +86,18 @@ def worker(
                 "--without-heartbeat",
             ]
         )
+    except SystemExit as exc:
+        if exc.code:
+            raise
     finally:
         stop.set()
         if consumer is not None:
             consumer.join(timeout=10)
+    # Celery logs "Unrecoverable error" and still exits 0: a supervisor told to restart on failure
+    # would leave the worker down. Its controller knows the real exit code.
+    code = getattr(controllers[0], "exitcode", None) if controllers else None
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("intake")
