@@ -9,7 +9,7 @@ import pytest
 import structlog
 
 from config.accounts import AccountConfigError, load_accounts
-from config.logging import configure_logging, register_secrets
+from config.logging import configure_logging, redact, register_secrets, scrub
 from config.settings import Settings
 from worker.app import check_invariants, make_celery
 
@@ -56,6 +56,25 @@ def test_secrets_never_reach_log_output(tmp_path: Path, capsys: pytest.CaptureFi
     assert secret not in err
     assert "[REDACTED]" in err
     assert json.loads(err.strip().splitlines()[-1])["header"] == "Bearer [REDACTED]"
+
+
+def test_secrets_are_redacted_in_any_letter_case(capsys: pytest.CaptureFixture[str]) -> None:
+    # CoinCorner signs with the key lower-cased, and a provider error may echo it back so.
+    secret = "Ab12Cd34-eF56-GH78-secret"
+    longer = secret + "-and-more"  # longest first: never half-redacted
+    register_secrets([secret, longer])
+    configure_logging("json")
+    structlog.get_logger("t").error("refused", message=f"bad key {secret.lower()}", again=secret.upper())
+    line = capsys.readouterr().err
+    structlog.reset_defaults()
+    for text in (
+        line,
+        redact(f"{secret.lower()} {secret.upper()} {longer.swapcase()}"),
+        str(scrub({"k": [secret.upper()]})),
+    ):
+        assert secret.lower() not in text.lower(), text
+        assert "[REDACTED]" in text and "and-more" not in text.lower()
+    assert redact("nothing secret here") == "nothing secret here"
 
 
 def test_accounts_reject_inline_secrets(tmp_path: Path) -> None:
