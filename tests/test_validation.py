@@ -17,6 +17,7 @@ from providers.cobo import CoboAdapter
 from providers.coincorner import CoinCornerAdapter
 from sandbox.accounts import write_sandbox_accounts
 from tests.conftest import make_runtime
+from tests.test_producer import good as cobo
 from worker.models import refund_table
 from worker.producer import enqueue_refund, persist
 from worker.validation import MAX_INT, ValidationFailed, check, parse_request
@@ -29,30 +30,10 @@ def accounts(tmp_path_factory: pytest.TempPathFactory) -> Accounts:
     return load_accounts(write_sandbox_accounts(tmp_path_factory.mktemp("acc"), "http://127.0.0.1:9"))
 
 
-def cobo(**changes: Any) -> dict[str, Any]:
-    request: dict[str, Any] = {
-        "idempotency_key": "order-1-refund",
-        "provider": "cobo",
-        "account": "cobo-sandbox",
-        "amount": "12.50",
-        "currency": "ETH_USDT",
-        "destination": "0x" + "ab" * 20,
-        "fields": {},
-    }
-    return request | changes
-
-
 def cryptomus(**changes: Any) -> dict[str, Any]:
-    request: dict[str, Any] = {
-        "idempotency_key": "order-2-refund",
-        "provider": "cryptomus",
-        "account": "cryptomus-sandbox",
-        "amount": "15",
-        "currency": "USDT",
-        "destination": "TNPeeaaFB7K9cmo4uQpcU32zGK8G1NYqeL",
-        "fields": {"order_id": "order-2", "network": "tron"},
-    }
-    return request | changes
+    invoice = {"account": "cryptomus-sandbox", "provider": "cryptomus", "amount": "15", "currency": "USDT"}
+    invoice |= {"destination": "TNPeeaaFB7K9cmo4uQpcU32zGK8G1NYqeL", "fields": {"order_id": "o-2", "network": "tron"}}
+    return cobo(**(invoice | changes))
 
 
 def refused(data: dict[str, Any], accounts: Accounts) -> dict[str, str]:

@@ -230,50 +230,57 @@ def refund_show(refund: Annotated[str, typer.Argument(help="refund id or idempot
         # Also with a refund: a rejected "same key, different amount" must not stay invisible.
         rejected = store.rejected_intakes(conn, key)
         evts = store.events(conn, row.id) if row is not None else []
-    if row is None and not rejected:
-        console.print(_shown(f"no refund with id or key {refund!r}"))
-        raise typer.Exit(1)
-    if row is not None:
-        table = Table(title=_shown(f"refund {row.id}"), show_header=False)
-        for name in (
-            "idempotency_key",
-            "provider",
-            "account",
-            "amount",
-            "currency",
-            "destination",
-            "fields",
-            "status",
-            "provider_status",
-            "provider_refund_id",
-            "attempts",
-            "next_action_at",
-            "deadline",
-            "last_error",
-            "detail",
-            "created_at",
-            "updated_at",
-        ):
-            table.add_row(name, _shown(getattr(row, name)))
-        console.print(table)
-        events = Table(title="events")
-        for col in ("at", "from", "to", "provider status", "reason"):
-            events.add_column(col)
-        for e in evts:
-            events.add_row(
-                f"{e['created_at']:%H:%M:%S.%f}"[:-3],
-                _shown(e["from_status"] or ""),
-                _shown(e["to_status"]),
-                _shown(e["provider_status"] or ""),
-                _shown(e["reason"] or ""),
-            )
-        console.print(events)
-    if rejected:
-        console.print(
-            Text.assemble(_shown(f"idempotency key {key!r}: "), _shown(f"rejected at intake {len(rejected)}x", "red"))
+    if row is None:
+        if not rejected:
+            console.print(_shown(f"no refund with id or key {refund!r}"))
+            raise typer.Exit(1)
+        _print_rejected(key, rejected)
+        raise typer.Exit(0)
+    table = Table(title=_shown(f"refund {row.id}"), show_header=False)
+    for name in (
+        "idempotency_key",
+        "provider",
+        "account",
+        "amount",
+        "currency",
+        "destination",
+        "fields",
+        "status",
+        "provider_status",
+        "provider_refund_id",
+        "attempts",
+        "next_action_at",
+        "deadline",
+        "last_error",
+        "detail",
+        "created_at",
+        "updated_at",
+    ):
+        table.add_row(name, _shown(getattr(row, name)))
+    console.print(table)
+    events = Table(title="events")
+    for col in ("at", "from", "to", "provider status", "reason"):
+        events.add_column(col)
+    for e in evts:
+        events.add_row(
+            f"{e['created_at']:%H:%M:%S.%f}"[:-3],
+            _shown(e["from_status"] or ""),
+            _shown(e["to_status"]),
+            _shown(e["provider_status"] or ""),
+            _shown(e["reason"] or ""),
         )
-        for r in rejected:
-            console.print(_shown(f"  {r['created_at']:%Y-%m-%d %H:%M:%S}  " + "; ".join(map(str, r["reasons"]))))
+    console.print(events)
+    _print_rejected(key, rejected)
+
+
+def _print_rejected(key: str, rejected: list[dict[str, Any]]) -> None:
+    if not rejected:
+        return
+    console.print(
+        Text.assemble(_shown(f"idempotency key {key!r}: "), _shown(f"rejected at intake {len(rejected)}x", "red"))
+    )
+    for r in rejected:
+        console.print(_shown(f"  {r['created_at']:%Y-%m-%d %H:%M:%S}  " + "; ".join(map(str, r["reasons"]))))
 
 
 @refund_app.command("list")
