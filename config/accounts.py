@@ -9,16 +9,29 @@ memory, in `SecretStr`, and `secret_values()` feeds the log redactor.
     base_url = "https://api.sandbox.cobo.com/v2"
     secrets = { api_private_key = "env:COBO_API_PRIVATE_KEY" }
     options = { response_public_key = "893d...", merchant_id = "M1001" }
+
+`base_url` is https on one of the provider's documented hosts (DOCUMENTED_HOSTS); plain http
+only for loopback (the sandbox); never user info, a query or a fragment. Another host needs
+`allow_custom_host = true` in the account's table.
+
+Accounts that sign with the same key share one nonce counter and one send lane (the provider
+sequences nonces per key): their `key_group` is the name of the first of them (sorted), or
+their common `options.nonce_group`. Redis keys and logs carry that name, never a digest of a
+secret.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -41,6 +54,8 @@ class Account:
     secrets: Mapping[str, SecretStr] = field(default_factory=dict, repr=False)
     options: Mapping[str, Any] = field(default_factory=dict)
     rate_limit: RateLimit | None = None
+    #: who shares this account's nonce counter and send lane (see the module docstring); "" = alone
+    key_group: str = ""
 
     def secret(self, key: str) -> str:
         try:
@@ -98,6 +113,86 @@ class Accounts(Mapping[str, Account]):
         return [s.get_secret_value() for a in self._accounts.values() for s in a.secrets.values()]
 
 
+#: The providers' documented production and sandbox hosts (shared/providers/*.md, section 1).
+DOCUMENTED_HOSTS: Mapping[str, frozenset[str]] = {
+    "cobo": frozenset({"api.cobo.com", "api.dev.cobo.com", "api.sandbox.cobo.com"}),
+    "coincorner": frozenset({"checkout.coincorner.com"}),  # production only; no sandbox documented
+    "coinvoyage": frozenset({"api.coinvoyage.io"}),
+    "cryptomus": frozenset({"api.cryptomus.com"}),  # no sandbox host
+}
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f-\x9f\\]")
+_GROUP = re.compile(r"[A-Za-z0-9._-]{1,100}")
+_NOT_SIGNING = frozenset({"webhook_secret"})  # verifies what providers send us; signs no request
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(name: str, provider: str, url: str, *, allow_custom_host: bool = False) -> None:
+    """Credentials are sent to base_url: refuse anything that could send them elsewhere than meant."""
+
+    def refuse(rule: str) -> AccountConfigError:
+        return AccountConfigError(f"account {name!r}: base_url {rule}")
+
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        raise refuse("must be an absolute URL such as https://api.example.com/v2")
+    if _UNSAFE.search(url):
+        raise refuse("must not contain whitespace, control characters or backslashes")
+    if "@" in parts.netloc:
+        raise refuse("must not contain user info (user@host)")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise refuse("must not have a query or a fragment")
+    host = parts.hostname or ""
+    try:
+        _ = parts.port  # raises on a port that is not a number in range
+    except ValueError:
+        raise refuse("has an invalid port") from None
+    if not host:
+        raise refuse("must name a host")
+    loopback = _is_loopback(host)
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise refuse("must use https (http only for loopback)")
+    documented = DOCUMENTED_HOSTS.get(provider, frozenset())
+    if not (loopback or host in documented or allow_custom_host):
+        hosts = ", ".join(sorted(documented)) or "none"
+        raise refuse(
+            f"host {host!r} is not a documented {provider} host ({hosts}); "
+            "set allow_custom_host = true in the account to use it"
+        )
+
+
+def _key_groups(accounts: Mapping[str, Account]) -> dict[str, str]:
+    """Account name -> key group. Compares secrets in memory; derives nothing from them."""
+    same_key: dict[tuple[Any, ...], list[str]] = {}
+    for name in sorted(accounts):
+        account = accounts[name]
+        signing = sorted((k, v.get_secret_value()) for k, v in account.secrets.items() if k not in _NOT_SIGNING)
+        same_key.setdefault((account.provider, *signing), []).append(name)
+    groups: dict[str, str] = {}
+    for names in same_key.values():
+        chosen = {accounts[n].options["nonce_group"] for n in names if "nonce_group" in accounts[n].options}
+        for group in chosen:
+            if not isinstance(group, str) or not _GROUP.fullmatch(group):
+                raise AccountConfigError(
+                    f"account {names[0]!r}: option 'nonce_group' must be 1 to 100 letters, digits, '.', '_' or '-'"
+                )
+        if len(chosen) > 1:
+            raise AccountConfigError(
+                f"accounts {', '.join(map(repr, names))} sign with the same key, so they must share one "
+                f"nonce_group (found {', '.join(sorted(map(repr, chosen)))})"
+            )
+        for name in names:
+            groups[name] = next(iter(chosen)) if chosen else names[0]
+    return groups
+
+
 def parse_accounts(data: Mapping[str, Any], base_dir: Path) -> Accounts:
     table = data.get("accounts")
     if not isinstance(table, dict):
@@ -113,6 +208,10 @@ def parse_accounts(data: Mapping[str, Any], base_dir: Path) -> Accounts:
             key: resolve_secret(str(ref), account=name, key=key, base_dir=base_dir)
             for key, ref in dict(raw.get("secrets", {})).items()
         }
+        allow_custom_host = raw.get("allow_custom_host", False)
+        if not isinstance(allow_custom_host, bool):
+            raise AccountConfigError(f"account {name!r}: allow_custom_host must be true or false")
+        check_base_url(name, raw["provider"], raw["base_url"], allow_custom_host=allow_custom_host)
         limit = raw.get("rate_limit")
         out[name] = Account(
             name=name,
@@ -122,7 +221,8 @@ def parse_accounts(data: Mapping[str, Any], base_dir: Path) -> Accounts:
             options=dict(raw.get("options", {})),
             rate_limit=RateLimit(float(limit["rate"]), int(limit.get("burst", 1))) if limit else None,
         )
-    return Accounts(out)
+    groups = _key_groups(out)
+    return Accounts({name: dataclasses.replace(a, key_group=groups[name]) for name, a in out.items()})
 
 
 def read_accounts_file(path: Path) -> dict[str, Any]:

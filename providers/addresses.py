@@ -7,11 +7,12 @@ import re
 
 _BASE58 = "[1-9A-HJ-NP-Za-km-z]"
 _WHITESPACE = re.compile(r"\s")  # str.isspace()'s set, checked in C (hot in batch validation)
+# Always fullmatch: `$` would also accept a trailing newline.
 _PATTERNS: dict[str, re.Pattern[str]] = {
-    "evm": re.compile(r"^0x[0-9a-fA-F]{40}$"),
-    "tron": re.compile(rf"^T{_BASE58}{{33}}$"),
-    "solana": re.compile(rf"^{_BASE58}{{32,44}}$"),
-    "bitcoin": re.compile(rf"^(bc1[02-9ac-hj-np-z]{{11,71}}|tb1[02-9ac-hj-np-z]{{11,71}}|[13mn2]{_BASE58}{{25,34}})$"),
+    "evm": re.compile(r"0x[0-9a-fA-F]{40}"),
+    "tron": re.compile(rf"T{_BASE58}{{33}}"),
+    "solana": re.compile(rf"{_BASE58}{{32,44}}"),
+    "bitcoin": re.compile(rf"bc1[02-9ac-hj-np-z]{{11,71}}|tb1[02-9ac-hj-np-z]{{11,71}}|[13mn2]{_BASE58}{{25,34}}"),
 }
 
 # Cobo-style token ids are CHAIN_TOKEN; the chain prefix picks the address family.
@@ -44,6 +45,6 @@ def check_address(address: str, family: str | None) -> str | None:
         return "must not contain whitespace"
     if family is None:
         return None if 20 <= len(address) <= 128 else "must be 20 to 128 characters"
-    if not _PATTERNS[family].match(address):
+    if not _PATTERNS[family].fullmatch(address):
         return f"is not a valid {family} address"
     return None

@@ -7,6 +7,7 @@ request, so timeouts, pooling, redaction and metrics live in one place.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -230,6 +231,23 @@ def decimal_places(amount: Decimal) -> int:
 def plain_decimal(amount: Decimal) -> str:
     """'10.50', never '1.05E+1'."""
     return format(amount, "f")
+
+
+# ASCII digits only: \d would also take "١٢" or "１２", which Decimal() reads as 12.
+_PLAIN_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+MAX_NUMBER_CHARS = 64  # "12.50" with room for trailing zeros; bounds the work on a hostile string
+
+
+def parse_plain_decimal(text: str) -> Decimal:
+    """A money string as producers must write it; ValueError names the rule it breaks."""
+    # Length first: Decimal() of a long string costs time and memory before it can be refused.
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"must be at most {MAX_NUMBER_CHARS} characters")
+    if text.startswith("-") and _PLAIN_DECIMAL.fullmatch(text[1:]):
+        raise ValueError("must be greater than zero")
+    if not _PLAIN_DECIMAL.fullmatch(text):
+        raise ValueError('must be a plain decimal string such as "12.50" (ASCII digits; no sign, exponent or spaces)')
+    return Decimal(text)
 
 
 def check_amount(amount: Decimal, *, max_places: int, field_name: str = "amount") -> list[FieldError]:

@@ -40,7 +40,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final, TypedDict
 from urllib.parse import quote, urlencode
@@ -65,6 +65,7 @@ from providers.base import (
     Response,
     StatusResult,
     check_amount,
+    parse_plain_decimal,
     plain_decimal,
     read_status,
 )
@@ -340,7 +341,7 @@ def to_status_result(refund: Mapping[str, Any]) -> StatusResult:
 
 # --- the adapter ---------------------------------------------------------------------------------
 
-_TOKEN_ID = re.compile(r"^[A-Z][A-Z0-9]*_[A-Z0-9][A-Z0-9_]*$")
+_TOKEN_ID = re.compile(r"[A-Z][A-Z0-9]*_[A-Z0-9][A-Z0-9_]*")  # fullmatch: `$` takes a trailing newline
 REFUND_TYPES = ("Merchant", "Psp")
 OPTIONAL_FIELDS = (
     "order_id",
@@ -353,13 +354,15 @@ OPTIONAL_FIELDS = (
 
 
 def _decimal(value: Any) -> Decimal | None:
-    """A money value from spec.fields: Decimal, int or decimal string; never float."""
-    if isinstance(value, (bool, float)):
+    """A money value from spec.fields: Decimal, int or plain decimal string; never float."""
+    if isinstance(value, bool | float):
         return None
-    try:
-        return Decimal(value) if isinstance(value, (Decimal, int, str)) else None
-    except InvalidOperation:
-        return None
+    if isinstance(value, str):
+        try:
+            return parse_plain_decimal(value)  # ASCII digits, bounded: no "1e-100000000" to format later
+        except ValueError:
+            return None
+    return Decimal(value) if isinstance(value, Decimal | int) else None
 
 
 @dataclass(frozen=True)
@@ -379,7 +382,7 @@ class CoboAdapter:
         if not spec.refund_id or not spec.refund_id.strip():
             errors.append(FieldError("refund_id", "must not be empty (it is Cobo's request_id)"))
         errors += check_amount(spec.amount, max_places=2, field_name="amount")
-        if not _TOKEN_ID.match(spec.currency or ""):
+        if not _TOKEN_ID.fullmatch(spec.currency or ""):
             errors.append(FieldError("currency", "must be a Cobo token id CHAIN_TOKEN, e.g. ETH_USDT"))
         else:
             problem = check_address(spec.destination, family_for_token(spec.currency))
@@ -403,12 +406,14 @@ class CoboAdapter:
         if "merchant_fee_amount" in fields:
             fee = _decimal(fields["merchant_fee_amount"])
             if fee is None:
-                errors.append(FieldError("merchant_fee_amount", "must be a decimal string (never a float)"))
-            elif not (fee.is_finite() and fee > 0):
+                errors.append(
+                    FieldError("merchant_fee_amount", 'must be a plain decimal string such as "1.50" (never a float)')
+                )
+            elif not fee > 0:
                 errors.append(FieldError("merchant_fee_amount", "must be greater than zero"))
             elif spec.amount.is_finite() and fee >= spec.amount:
                 errors.append(FieldError("merchant_fee_amount", "must be less than the refund amount"))
-        if "merchant_fee_token_id" in fields and not _TOKEN_ID.match(str(fields["merchant_fee_token_id"])):
+        if "merchant_fee_token_id" in fields and not _TOKEN_ID.fullmatch(str(fields["merchant_fee_token_id"])):
             errors.append(FieldError("merchant_fee_token_id", "must be a Cobo token id CHAIN_TOKEN, e.g. ETH_USDT"))
         return errors
 

@@ -309,9 +309,10 @@ def _classify(resp: Response, status: int, *, submit: bool) -> ProviderError:
 
 # --- the adapter ----------------------------------------------------------------------------------
 
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-_REFUND_TYPE = re.compile(r"^(?:[0-9]{1,3}|[A-Za-z]{1,32})$")  # enum value ("1") or member name ("BuyNew")
-_ORDER_ID = re.compile(r"^\S(?:.{0,98}\S)?$")
+# Always fullmatch: `$` would also accept a trailing newline ("ord-1\n").
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_REFUND_TYPE = re.compile(r"[0-9]{1,3}|[A-Za-z]{1,32}")  # enum value ("1") or member name ("BuyNew")
+_ORDER_ID = re.compile(r"\S(?:.{0,98}\S)?")
 _KNOWN_FIELDS: Final = frozenset({"order_id", "refund_type"})
 
 
@@ -394,9 +395,9 @@ class CoinCornerAdapter:
         order_id = spec.fields.get("order_id")
         if order_id is None or order_id == "":
             errors.append(FieldError("fields.order_id", "is required (the CoinCorner OrderId to refund)"))
-        elif not isinstance(order_id, str) or not _ORDER_ID.match(order_id):
+        elif not isinstance(order_id, str) or not _ORDER_ID.fullmatch(order_id):
             errors.append(FieldError("fields.order_id", "must be a string of 1 to 100 characters, no outer spaces"))
-        if not _CURRENCY.match(spec.currency):
+        if not _CURRENCY.fullmatch(spec.currency):
             errors.append(FieldError("currency", "must be a 3-letter upper-case currency code (e.g. GBP, EUR, BTC)"))
         else:
             places = 8 if spec.currency == "BTC" else 2
@@ -405,7 +406,7 @@ class CoinCornerAdapter:
         if problem:
             errors.append(FieldError("destination", problem))
         refund_type = spec.fields.get("refund_type", account.option("refund_type", DEFAULT_REFUND_TYPE))
-        if isinstance(refund_type, bool) or not _REFUND_TYPE.match(str(refund_type)):
+        if isinstance(refund_type, bool) or not _REFUND_TYPE.fullmatch(str(refund_type)):
             errors.append(FieldError("fields.refund_type", "must be an enum value like 1 or a member name"))
         user_id = account.option("user_id")
         if not isinstance(user_id, str | int) or isinstance(user_id, bool) or str(user_id) == "":

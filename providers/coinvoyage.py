@@ -316,7 +316,7 @@ def classify_error(resp: Response, *, submit: bool) -> ProviderError:
 # --- the adapter --------------------------------------------------------------------------------
 
 _FIELDS = ("payorder_id", "chain_id", "asset_address", "amount_kind")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_CURRENCY = re.compile(r"[A-Z]{3}")  # fullmatch: `$` takes a trailing newline
 
 
 def _scheme(account: Account) -> str:
@@ -416,7 +416,7 @@ class CoinVoyageAdapter:
         kind = spec.fields.get("amount_kind", "fiat")
         if kind == "fiat":
             errors += check_amount(spec.amount, max_places=FIAT_PLACES)
-            if not _CURRENCY.match(spec.currency):
+            if not _CURRENCY.fullmatch(spec.currency):
                 errors.append(FieldError("currency", "must be a 3-letter fiat code such as USD for a fiat refund"))
         elif kind == "token":
             errors += check_amount(spec.amount, max_places=TOKEN_PLACES)

@@ -383,6 +383,9 @@ def _is_alpha_dash(text: str) -> bool:
     return bool(text) and all(ch in "-_" or unicodedata.category(ch)[0] in "LMN" for ch in text)
 
 
+# Network codes (tron, eth, BSC) and currency codes (USDT): short ASCII words. fullmatch, never `$`.
+_NETWORK: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_CURRENCY: Final = re.compile(r"[A-Z0-9]{2,16}")
 _UUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Cryptomus network codes -> address family (providers.addresses); others are checked generically.
 _NETWORK_FAMILY: Final = {
@@ -440,8 +443,16 @@ class CryptomusAdapter:
         if "is_subtract" in fields and not isinstance(fields["is_subtract"], bool):
             errors.append(FieldError("fields.is_subtract", "must be true or false"))
         network = fields.get("network")
-        if network is not None and not (isinstance(network, str) and network):
-            errors.append(FieldError("fields.network", "must be a non-empty network code (e.g. tron, eth, btc)"))
+        if network is not None and not (isinstance(network, str) and _NETWORK.fullmatch(network)):
+            errors.append(
+                FieldError(
+                    "fields.network", "must be a network code of 1 to 32 letters, digits, '-' or '_' (e.g. tron)"
+                )
+            )
+        if not _CURRENCY.fullmatch(spec.currency):
+            errors.append(
+                FieldError("currency", "must be a currency code of 2 to 16 upper-case letters or digits (USDT)")
+            )
         family = _NETWORK_FAMILY.get(network.lower()) if isinstance(network, str) else None
         if (rule := check_address(spec.destination, family)) is not None:
             errors.append(FieldError("destination", rule))

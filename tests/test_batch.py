@@ -317,6 +317,35 @@ def test_export_writes_one_line_per_refund(rt: Any) -> None:
     assert len(parsed) == 6 and {p["status"] for p in parsed} == {"queued"}
 
 
+def test_export_csv_neutralises_formula_cells(rt: Any) -> None:
+    import csv
+
+    items = list(rows(3, f"fx-{time.time_ns()}"))
+    items[0]["idempotency_key"] = "=1+1-" + items[0]["idempotency_key"]
+    result = enqueue_batch(items, rt=rt, publish=False)
+    hostile = {'=HYPERLINK("http://evil")': "+cmd", "@SUM(A1)": "-2+3", "\tlead": "\rlead"}
+    with rt.engine.begin() as conn:
+        for (reason, status), r in zip(hostile.items(), store.list_refunds(conn, limit=3), strict=True):
+            conn.execute(
+                refund_table.update()
+                .where(refund_table.c.batch_id == result.batch.id, refund_table.c.id == r.id)
+                .values(last_error=reason, provider_status=status)
+            )
+    out = io.StringIO()
+    export(result.batch.id, out, "csv", rt=rt)
+    cells = [c for line in csv.DictReader(io.StringIO(out.getvalue())) for c in line.values()]
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")], cells
+    assert {'\'=HYPERLINK("http://evil")', "'+cmd", "'@SUM(A1)", "'-2+3", "'\tlead", "'\rlead"} <= set(cells)
+    assert any(c.startswith("'=1+1-fx-") for c in cells)
+    amounts = [line["amount"] for line in csv.DictReader(io.StringIO(out.getvalue()))]
+    assert sorted(amounts) == sorted(i["amount"] for i in items)  # plain numbers are left alone
+    json_out = io.StringIO()
+    export(result.batch.id, json_out, "json", rt=rt)  # JSON lines are data, not cells: unchanged
+    assert {json.loads(line)["idempotency_key"] for line in json_out.getvalue().splitlines()} >= {
+        items[0]["idempotency_key"]
+    }
+
+
 def test_cli_submit_show_export(rt: Any, tmp_path: Path) -> None:
     from worker.cli import app
     from worker.runtime import set_runtime

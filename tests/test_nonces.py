@@ -58,3 +58,23 @@ def test_counters_expire_when_unused() -> None:
     allocator.next(ACCOUNT, NoncePolicy.INCREASING, NonceUnit.MS)
     (key,) = redis.keys("nonce-test-ttl:nonce:*")
     assert 0 < redis.ttl(key) <= 86400
+
+
+def test_redis_keys_name_the_key_group_not_a_digest_of_the_secret() -> None:
+    import hashlib
+    import re
+
+    from worker.lane import Lane
+    from worker.nonces import key_id
+
+    redis = Redis.from_url(TEST_REDIS_URL)
+    account = Account("acc", "coincorner", "http://x", secrets={"api_key": SecretStr("k" * 10)}, key_group="cc-main")
+    NonceAllocator(redis, "nonce-test-names").next(account, NoncePolicy.INCREASING, NonceUnit.MS)
+    lane = Lane(redis, "nonce-test-names", ttl=5, wait=0)
+    with lane.held(account):
+        keys = sorted(k.decode() for k in redis.scan_iter("nonce-test-names:*"))
+    assert keys == ["nonce-test-names:lane:coincorner:cc-main", "nonce-test-names:nonce:coincorner:cc-main"]
+    digest = hashlib.sha256(b"coincorner|api_key=" + b"k" * 10).hexdigest()
+    assert not any(digest[:8] in k or re.search(r"[0-9a-f]{16}", k) for k in keys)
+    assert key_id(Account("solo", "coincorner", "http://x")) == "solo"  # built in code: its own name
+    redis.delete(*keys)

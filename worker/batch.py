@@ -882,6 +882,17 @@ def export_rows(conn: Connection, batch_id: str) -> Iterator[dict[str, Any]]:
         }
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...), +cmd|...),
+# and provider text (`reason`) or a producer's key can start so. OWASP's advice: a leading quote.
+# refundq's numbers are never negative, so no real value is changed by it.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text, never runs."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
 def export(batch_id: str, out: io.TextIOBase | Any, fmt: str = "csv", *, rt: Runtime | None = None) -> int:
     rt = rt or get_runtime()
     n = 0
@@ -892,7 +903,7 @@ def export(batch_id: str, out: io.TextIOBase | Any, fmt: str = "csv", *, rt: Run
             writer = csv.DictWriter(out, fieldnames=list(EXPORT_COLUMNS))
             writer.writeheader()
             for row in export_rows(conn, batch_id):
-                writer.writerow(row)
+                writer.writerow({k: neutralise_cell(v) for k, v in row.items()})
                 n += 1
         elif fmt == "json":
             for row in export_rows(conn, batch_id):

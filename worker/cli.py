@@ -9,11 +9,20 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from worker.text import escape_controls
 
 app = typer.Typer(help="refundq: submit crypto refunds once, follow them to a final status.", no_args_is_help=True)
 refund_app = typer.Typer(help="Create and inspect refunds.", no_args_is_help=True)
 app.add_typer(refund_app, name="refund")
 console = Console()
+
+
+def _shown(value: Any, style: str = "") -> Text:
+    """Stored text came from producers and providers: control characters are shown escaped
+    (`\\x1b`), never sent to the terminal, and `[red]` stays literal (Text is not markup)."""
+    return Text(escape_controls(str(value)), style=style)
 
 
 def _runtime() -> Any:
@@ -219,7 +228,7 @@ def refund_create(
     for item in field or []:
         name, sep, value = item.partition("=")
         if not sep:
-            console.print(f"[red]--field {item!r}: expected NAME=VALUE[/red]")
+            console.print(_shown(f"--field {item!r}: expected NAME=VALUE", "red"))
             raise typer.Exit(2)
         fields[name] = _field_value(value)
     try:
@@ -236,10 +245,10 @@ def refund_create(
         )
     except ValidationFailed as exc:
         for err in exc.errors:
-            console.print(f"[red]{err.field}[/red]: {err.rule}")
+            console.print(Text.assemble(_shown(err.field, "red"), ": ", _shown(err.rule)))
         raise typer.Exit(2) from None
     except IdempotencyConflict as exc:
-        console.print(f"[red]conflict:[/red] {exc}")
+        console.print(Text.assemble(("conflict: ", "red"), _shown(exc)))
         raise typer.Exit(3) from None
     console.print(result.message)
     print(result.refund.id)
@@ -262,17 +271,17 @@ def refund_show(refund: Annotated[str, typer.Argument(help="refund id or idempot
     rt = _runtime()
     with rt.engine.connect() as conn:
         row = store.get_refund(conn, refund) or store.get_by_key(conn, refund)
-        if row is None:
-            rejected = store.rejected_intakes(conn, refund)
-            if rejected:
-                console.print(f"idempotency key {refund!r}: [red]rejected at intake[/red]")
-                for r in rejected:
-                    console.print(f"  {r['created_at']:%Y-%m-%d %H:%M:%S}  " + "; ".join(r["reasons"]))
-                raise typer.Exit(0)
-            console.print(f"no refund with id or key {refund!r}")
+        key = row.idempotency_key if row is not None else refund
+        # Also with a refund: a rejected "same key, different amount" must not stay invisible.
+        rejected = store.rejected_intakes(conn, key)
+        evts = store.events(conn, row.id) if row is not None else []
+    if row is None:
+        if not rejected:
+            console.print(_shown(f"no refund with id or key {refund!r}"))
             raise typer.Exit(1)
-        evts = store.events(conn, row.id)
-    table = Table(title=f"refund {row.id}", show_header=False)
+        _print_rejected(key, rejected)
+        raise typer.Exit(0)
+    table = Table(title=_shown(f"refund {row.id}"), show_header=False)
     for name in (
         "idempotency_key",
         "provider",
@@ -292,7 +301,7 @@ def refund_show(refund: Annotated[str, typer.Argument(help="refund id or idempot
         "created_at",
         "updated_at",
     ):
-        table.add_row(name, str(getattr(row, name)))
+        table.add_row(name, _shown(getattr(row, name)))
     console.print(table)
     events = Table(title="events")
     for col in ("at", "from", "to", "provider status", "reason"):
@@ -300,12 +309,23 @@ def refund_show(refund: Annotated[str, typer.Argument(help="refund id or idempot
     for e in evts:
         events.add_row(
             f"{e['created_at']:%H:%M:%S.%f}"[:-3],
-            e["from_status"] or "",
-            e["to_status"],
-            e["provider_status"] or "",
-            e["reason"] or "",
+            _shown(e["from_status"] or ""),
+            _shown(e["to_status"]),
+            _shown(e["provider_status"] or ""),
+            _shown(e["reason"] or ""),
         )
     console.print(events)
+    _print_rejected(key, rejected)
+
+
+def _print_rejected(key: str, rejected: list[dict[str, Any]]) -> None:
+    if not rejected:
+        return
+    console.print(
+        Text.assemble(_shown(f"idempotency key {key!r}: "), _shown(f"rejected at intake {len(rejected)}x", "red"))
+    )
+    for r in rejected:
+        console.print(_shown(f"  {r['created_at']:%Y-%m-%d %H:%M:%S}  " + "; ".join(map(str, r["reasons"]))))
 
 
 @refund_app.command("list")
@@ -321,13 +341,10 @@ def refund_list(status: Annotated[str | None, typer.Option()] = None, limit: int
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r.id,
-            r.provider,
-            r.account,
-            str(r.amount),
-            r.currency,
-            r.status,
-            r.provider_status or "",
+            *(
+                _shown(v)
+                for v in (r.id, r.provider, r.account, r.amount, r.currency, r.status, r.provider_status or "")
+            ),
             f"{r.updated_at:%Y-%m-%d %H:%M:%S}",
         )
     console.print(table)
@@ -371,19 +388,19 @@ def batch_submit(
                 file, name=name, skip_invalid=skip_invalid, rejects=rejects, rt=rt, progress=progress
             )
         except BatchFileError as exc:
-            console.print(f"[red]{exc}[/red]; nothing was stored")
+            console.print(Text.assemble(_shown(exc, "red"), "; nothing was stored"))
             raise typer.Exit(2) from None
         except BatchInvalid as exc:
             bar.stop()
             console.print(f"[red]{exc.bad_rows} of {exc.rows} rows are invalid; nothing was stored[/red]")
             for err in exc.errors:
-                console.print(f"  row {err.row}: [red]{err.field}[/red]: {err.rule}")
+                console.print(Text.assemble(f"  row {err.row}: ", _shown(err.field, "red"), ": ", _shown(err.rule)))
             if exc.bad_rows > len({e.row for e in exc.errors}):
                 console.print(f"  ... (first {len(exc.errors)} problems shown)")
             console.print("fix them, or submit with --skip-invalid to store the valid rows")
             raise typer.Exit(2) from None
     for err in result.errors[:20]:
-        console.print(f"  skipped row {err.row}: [yellow]{err.field}[/yellow]: {err.rule}")
+        console.print(Text.assemble(f"  skipped row {err.row}: ", _shown(err.field, "yellow"), ": ", _shown(err.rule)))
     console.print(result.message)
     print(result.batch.id)
 
@@ -425,7 +442,7 @@ def _batch_view(batch_id: str) -> Any:
             t.add_column(col)
         for r in rows:
             took = (r.updated_at - r.created_at).total_seconds()
-            t.add_row(r.id, r.provider, str(r.amount), r.status, f"{took:.1f}s", (r.last_error or "")[:70])
+            t.add_row(r.id, r.provider, str(r.amount), r.status, f"{took:.1f}s", _shown((r.last_error or "")[:70]))
         parts.append(t)
     return batch, Group(*parts)
 
@@ -444,7 +461,7 @@ def batch_show(
 
     view = _batch_view(batch_id)
     if view is None:
-        console.print(f"no batch {batch_id!r}")
+        console.print(_shown(f"no batch {batch_id!r}"))
         raise typer.Exit(1)
     if not watch:
         console.print(view[1])
@@ -498,7 +515,7 @@ def batch_retry(
         console.print(f"[red]{str(exc).strip(chr(39))}[/red]")
         raise typer.Exit(1) from None
     for why in result.skipped[:20]:
-        console.print(f"  not retried: {why}")
+        console.print(_shown(f"  not retried: {why}"))
     if result.batch is None:
         console.print("nothing to retry")
         return
@@ -551,10 +568,10 @@ def reconcile(
         for col in ("refund", "provider", "was", "provider status", "what differs"):
             t.add_column(col)
         for f in report.drift:
-            t.add_row(f.refund_id, f.provider, f.status, f.provider_status or "", "; ".join(f.problems))
+            t.add_row(f.refund_id, f.provider, f.status, _shown(f.provider_status or ""), _shown("; ".join(f.problems)))
         console.print(t)
     for f in report.errors[:20]:
-        console.print(f"  [yellow]{f.refund_id}[/yellow] ({f.provider}): {f.error}")
+        console.print(Text.assemble((f"  {f.refund_id}", "yellow"), f" ({f.provider}): ", _shown(f.error)))
     raise typer.Exit(1 if report.drift else 0)
 
 

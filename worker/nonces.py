@@ -3,7 +3,6 @@ Redis's clock (`nonces.lua`), so no worker's clock skew reaches a signature."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -25,9 +24,10 @@ def clock(unit: NonceUnit) -> int:
 
 
 def key_id(account: Account) -> str:
-    """A stable, non-secret id for the account's credentials (for Redis keys and logs)."""
-    material = "|".join(f"{k}={v.get_secret_value()}" for k, v in sorted(account.secrets.items()))
-    return hashlib.sha256(f"{account.provider}|{material}".encode()).hexdigest()[:16]
+    """The account's key group (config/accounts.py): a name, shared by every account that signs
+    with the same key. Never derived from a secret: an unsalted digest in a Redis key name would
+    let anyone who reads Redis test guesses of the key."""
+    return account.key_group or account.name
 
 
 class NonceAllocator:
