@@ -29,7 +29,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from redis.exceptions import ResponseError
 
-from worker.envelope import BadMessage, parse, safe_text
+from worker.envelope import BadMessage, parse
 
 log = structlog.get_logger("refundq.broker")
 
@@ -59,7 +59,7 @@ def check(queue: str, raw: bytes) -> None:
     message = parse(raw, max_bytes=INTERNAL_MAX_BYTES)
     allowed = _queue_tasks().get(queue, frozenset())
     if message.task not in allowed:
-        raise BadMessage(f"task {safe_text(message.task)!r} does not run from queue {queue}", message.task)
+        raise BadMessage(f"task {message.task!r} does not run from queue {queue}", message.task)
     try:
         _signature(message.task).bind(*message.args, **message.kwargs)
     except TypeError as exc:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from worker.text import CONTROL, escape_controls
+
 # A refund request is well under 4 KiB; 64 KiB leaves room for metadata and refuses junk cheaply.
 MAX_MESSAGE_BYTES = 64 * 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]|[\ud800-\udfff]")
 
 
 class BadMessage(ValueError):
@@ -55,17 +55,12 @@ def strict_json(text: str | bytes, what: str) -> Any:
 
 
 def _short(text: str, limit: int = 120) -> str:
-    return safe_text(text[:limit])
-
-
-def safe_text(text: str) -> str:
-    """Control characters and lone surrogates written as escapes: storable, printable, greppable."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
+    return escape_controls(text[:limit])
 
 
 def raw_excerpt(raw: bytes, limit: int = 1024) -> str:
     """The first `limit` bytes as safe text, marked when cut."""
-    text = safe_text(raw[:limit].decode("utf-8", "backslashreplace"))
+    text = escape_controls(raw[:limit].decode("utf-8", "backslashreplace"))
     return text + f"... [{len(raw)} bytes]" if len(raw) > limit else text
 
 
@@ -132,7 +127,7 @@ def _kind(value: Any) -> str:
 
 
 def _task_name(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > 200 or _CONTROL.search(value):
+    if not isinstance(value, str) or not value or len(value) > 200 or CONTROL.search(value):
         raise BadMessage(f"task name must be a short printable string, not {_short(repr(value))}")
     return value
 

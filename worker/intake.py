@@ -44,9 +44,10 @@ from config.logging import redact
 from worker import store
 from worker.app import INTAKE_QUEUE
 from worker.broker import quarantine_key, set_aside_wrong_types
-from worker.envelope import BadMessage, parse, raw_excerpt, safe_text
+from worker.envelope import BadMessage, parse, raw_excerpt
 from worker.models import utcnow
 from worker.runtime import Runtime
+from worker.text import escape_controls
 
 log = structlog.get_logger("refundq.intake")
 
@@ -103,10 +104,14 @@ def read_request(raw: bytes, max_bytes: int) -> tuple[dict[str, Any], dict[str, 
     """(request, kwargs) of a well-formed `refundq.intake` message, else BadMessage."""
     message = parse(raw, max_bytes=max_bytes)
     if message.task != INTAKE_TASK:
-        raise BadMessage(f"task {safe_text(message.task)!r} does not run from the intake queue (only {INTAKE_TASK})")
+        raise BadMessage(
+            f"task {escape_controls(message.task)!r} does not run from the intake queue (only {INTAKE_TASK})"
+        )
     unknown = sorted(set(message.kwargs) - set(KNOWN_KWARGS))
     if unknown:
-        raise BadMessage(f"kwargs.{safe_text(unknown[0][:64])} is not a known argument (known: producer, signature)")
+        raise BadMessage(
+            f"kwargs.{escape_controls(unknown[0][:64])} is not a known argument (known: producer, signature)"
+        )
     if len(message.args) != 1:
         raise BadMessage(f"{INTAKE_TASK} takes one argument, the refund request; got {len(message.args)}")
     request = message.args[0]
@@ -121,7 +126,7 @@ def sanitize(value: Any, depth: int = 0) -> Any:
     if depth > 6:
         return "..."
     if isinstance(value, str):
-        return redact(safe_text(value[:1000]))
+        return redact(escape_controls(value[:1000]))
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
@@ -131,12 +136,12 @@ def sanitize(value: Any, depth: int = 0) -> Any:
     if isinstance(value, list):
         return [sanitize(v, depth + 1) for v in value[:50]]
     if isinstance(value, dict):
-        return {redact(safe_text(str(k)[:64])): sanitize(v, depth + 1) for k, v in list(value.items())[:50]}
-    return safe_text(repr(value)[:200])
+        return {redact(escape_controls(str(k)[:64])): sanitize(v, depth + 1) for k, v in list(value.items())[:50]}
+    return escape_controls(repr(value)[:200])
 
 
 def _short_str(value: Any, limit: int) -> str | None:
-    return redact(safe_text(value))[:limit] if isinstance(value, str) and value else None
+    return redact(escape_controls(value))[:limit] if isinstance(value, str) and value else None
 
 
 def rejected_row(
@@ -149,11 +154,11 @@ def rejected_row(
 ) -> dict[str, Any]:
     return {
         "message_id": message_id,
-        "queue": safe_text(queue)[:200],
+        "queue": escape_controls(queue)[:200],
         "producer": _short_str((kwargs or {}).get("producer"), 100),
         "idempotency_key": _short_str((request or {}).get("idempotency_key"), 200),
         "payload": sanitize(dict(request)) if request is not None else {},
-        "reasons": [redact(safe_text(r))[:1000] for r in reasons],
+        "reasons": [redact(escape_controls(r))[:1000] for r in reasons],
         "raw": redact(raw_excerpt(raw)),
         "created_at": utcnow(),
     }
@@ -322,7 +327,7 @@ class IntakeConsumer:
 
 def _error(exc: BaseException) -> str:
     first_line = str(exc).splitlines()[0] if str(exc) else ""
-    return redact(f"{type(exc).__name__}: {safe_text(first_line[:200])}")
+    return redact(f"{type(exc).__name__}: {escape_controls(first_line[:200])}")
 
 
 def _unwrap_quarantined(entry: bytes) -> tuple[str, bytes, str]:
