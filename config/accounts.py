@@ -134,7 +134,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_base_url(name: str, provider: str, url: str, *, allow_custom_host: bool = False) -> None:
+def check_base_url(
+    name: str, provider: str, url: str, *, allow_custom_host: bool = False, allow_plain_http: bool = False
+) -> None:
     """Credentials are sent to base_url: refuse anything that could send them elsewhere than meant."""
 
     def refuse(rule: str) -> AccountConfigError:
@@ -157,8 +159,8 @@ def check_base_url(name: str, provider: str, url: str, *, allow_custom_host: boo
     if not host:
         raise refuse("must name a host")
     loopback = _is_loopback(host)
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise refuse("must use https (http only for loopback)")
+    if parts.scheme != "https" and not (parts.scheme == "http" and (loopback or allow_plain_http)):
+        raise refuse("must use https (http only for loopback); allow_plain_http = true opts in")
     documented = DOCUMENTED_HOSTS.get(provider, frozenset())
     if not (loopback or host in documented or allow_custom_host):
         hosts = ", ".join(sorted(documented)) or "none"
@@ -208,10 +210,11 @@ def parse_accounts(data: Mapping[str, Any], base_dir: Path) -> Accounts:
             key: resolve_secret(str(ref), account=name, key=key, base_dir=base_dir)
             for key, ref in dict(raw.get("secrets", {})).items()
         }
-        allow_custom_host = raw.get("allow_custom_host", False)
-        if not isinstance(allow_custom_host, bool):
-            raise AccountConfigError(f"account {name!r}: allow_custom_host must be true or false")
-        check_base_url(name, raw["provider"], raw["base_url"], allow_custom_host=allow_custom_host)
+        opt_ins = {key: raw.get(key, False) for key in ("allow_custom_host", "allow_plain_http")}
+        for key, value in opt_ins.items():
+            if not isinstance(value, bool):
+                raise AccountConfigError(f"account {name!r}: {key} must be true or false")
+        check_base_url(name, raw["provider"], raw["base_url"], **opt_ins)
         limit = raw.get("rate_limit")
         out[name] = Account(
             name=name,

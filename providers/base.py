@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from config.accounts import Account
+from config.logging import redact
 
 
 class RefundStatus(StrEnum):
@@ -108,7 +109,8 @@ class FieldError:
     rule: str
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.rule}"
+        # Rules may quote what the producer sent; a producer may have sent a secret.
+        return redact(f"{self.field}: {self.rule}")
 
 
 @dataclass(frozen=True)

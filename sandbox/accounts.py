@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -49,6 +50,9 @@ def write_sandbox_accounts(
         path = directory / name
         path.write_text(value, encoding="utf-8")
         path.chmod(0o600)
+    # A sandbox off loopback (a compose network) is plain http on an undocumented host: opt in.
+    host = urlsplit(base_url).hostname or ""
+    opt_in = "" if host in ("127.0.0.1", "localhost", "::1") else "allow_custom_host = true\nallow_plain_http = true\n"
     toml = f"""# Generated for the refundq sandbox. Never point these accounts at a real provider.
 [sandbox]
 cobo_response_private_key = "file:{SANDBOX_COBO_KEY_FILE}"
@@ -56,7 +60,7 @@ cobo_response_private_key = "file:{SANDBOX_COBO_KEY_FILE}"
 [accounts.cobo-{suffix}]
 provider = "cobo"
 base_url = "{base_url}/cobo/v2"
-secrets = {{ api_private_key = "file:cobo_api_private_key" }}
+{opt_in}secrets = {{ api_private_key = "file:cobo_api_private_key" }}
 
 [accounts.cobo-{suffix}.options]
 response_public_key = "{sandbox_public}"
@@ -67,13 +71,13 @@ settle_seconds = {settle:g}
 [accounts.coincorner-{suffix}]
 provider = "coincorner"
 base_url = "{base_url}/coincorner/api"
-secrets = {{ api_key = "file:coincorner_api_key", api_secret = "file:coincorner_api_secret" }}
+{opt_in}secrets = {{ api_key = "file:coincorner_api_key", api_secret = "file:coincorner_api_secret" }}
 options = {{ user_id = "{secrets.randbelow(10**6)}", refund_type = "1", settle_seconds = {settle:g} }}
 
 [accounts.coinvoyage-{suffix}]
 provider = "coinvoyage"
 base_url = "{base_url}/coinvoyage/v2"
-options = {{ signature_scheme = "hmac_sha256_method_path_timestamp", settle_seconds = {settle:g} }}
+{opt_in}options = {{ signature_scheme = "hmac_sha256_method_path_timestamp", settle_seconds = {settle:g} }}
 
 [accounts.coinvoyage-{suffix}.secrets]
 api_key = "file:coinvoyage_api_key"
@@ -83,7 +87,7 @@ webhook_secret = "file:coinvoyage_webhook_secret"
 [accounts.cryptomus-{suffix}]
 provider = "cryptomus"
 base_url = "{base_url}/cryptomus"
-secrets = {{ api_key = "file:cryptomus_api_key" }}
+{opt_in}secrets = {{ api_key = "file:cryptomus_api_key" }}
 options = {{ merchant = "{uuid.uuid4()}", is_subtract = true, settle_seconds = {settle:g} }}
 """
     path = directory / "accounts.toml"

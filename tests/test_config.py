@@ -201,3 +201,15 @@ def test_accounts_sharing_a_signing_key_share_a_named_key_group(tmp_path: Path) 
             a=_account("https://api.cobo.com/v2", options={"nonce_group": "g1"}),
             b=_account("https://api.cobo.com/v2", options={"nonce_group": "g2"}),
         )
+
+
+def test_a_sandbox_off_loopback_loads_only_by_opting_in(tmp_path: Path) -> None:
+    """docker-compose reaches the sandbox as http://sandbox:8700: the generated file opts in, per
+    account; without the opt-in the same URL is refused."""
+    from sandbox.accounts import write_sandbox_accounts
+
+    path = write_sandbox_accounts(tmp_path, "http://sandbox:8700")
+    assert {a.base_url.split("/")[2] for a in load_accounts(path).values()} == {"sandbox:8700"}
+    path.write_text(path.read_text().replace("allow_plain_http = true\n", ""))
+    with pytest.raises(AccountConfigError, match="must use https"):
+        load_accounts(path)

@@ -186,3 +186,30 @@ def test_postgresql_refusals_become_named_field_errors(
         assert conn.execute(select(func.count()).select_from(refund_table)).scalar_one() == 0
     refund, created = persist(cobo(), rt)  # and the same request, clean, is stored
     assert created and refund.destination == "0x" + "ab" * 20
+
+
+def test_error_texts_never_carry_a_secret(sandbox: Any, sqlite_url: str) -> None:
+    """A producer pasted a key into the destination (or the key): door (a)'s error text, which the
+    caller logs or shows, has it scrubbed in any letter case."""
+    from config.logging import register_secrets
+    from tests.conftest import make_runtime
+    from worker.producer import IdempotencyConflict, persist
+
+    rt = make_runtime(sqlite_url, sandbox.accounts_file)
+    secret = "Sk-Live-" + "Q" * 24
+    register_secrets([secret])
+    request = {
+        "idempotency_key": "leak-" + secret,
+        "provider": "cobo",
+        "account": "cobo-sandbox",
+        "amount": "1.00",
+        "currency": "ETH_USDT",
+        "destination": "0x" + "ab" * 20,
+    }
+    persist(request, rt)
+    with pytest.raises(IdempotencyConflict) as conflict:
+        persist({**request, "amount": "2.00"}, rt)
+    with pytest.raises(ValidationFailed) as invalid:
+        persist({**request, "idempotency_key": "other", "destination": secret.lower()}, rt)
+    for text in (str(conflict.value), str(invalid.value), *map(str, invalid.value.errors)):
+        assert secret.lower() not in text.lower(), text

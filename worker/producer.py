@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
+from config.logging import redact
 from config.settings import Settings
 from providers import get_adapter
 from providers.base import RefundStatus
@@ -36,7 +37,7 @@ class IdempotencyConflict(ValueError):
     def __init__(self, key: str, refund_id: str, differing: list[str]) -> None:
         self.key, self.refund_id, self.differing = key, refund_id, differing
         super().__init__(
-            f"idempotency key {key!r} already names refund {refund_id} with different {', '.join(differing)}"
+            redact(f"idempotency key {key!r} already names refund {refund_id} with different {', '.join(differing)}")
         )
 
 
