@@ -274,3 +274,18 @@ def test_a_queue_key_of_another_type_is_set_aside(consumer: Any) -> None:
     assert len(kept) == 1 and rt.redis.get(kept[0]) == b"not a list"
     push(rt, messages.intake(cobo("after")))
     assert drain(consumer) == 1 and counts(rt) == (1, 0)
+
+
+def test_rounds_are_bounded_and_stray_entries_recorded(sandbox: Any, sqlite_url: str) -> None:
+    """A round takes at most intake_batch items, a list left from a failed round included; bytes
+    pushed straight onto a processing list are recorded, not a reason to fail every round."""
+    rt = make_runtime(sqlite_url, sandbox.accounts_file, intake_batch=5)
+    _empty_queues(rt)
+    consumer = IntakeConsumer(rt)
+    push(rt, *(f"junk {i}".encode() for i in range(12)))
+    rt.redis.lpush(consumer.processing, b"no delivery number", b"7|99|a source that does not exist")
+    assert consumer.step() == 5  # the 2 stray entries and 3 new items
+    assert [consumer.step() for _ in range(4)] == [5, 4, 0, 0]
+    rows = rejected_rows(rt)
+    assert len(rows) == 14 and len({r["message_id"] for r in rows}) == 14
+    assert sum(r["reasons"] == ["not a delivery record"] for r in rows) == 2

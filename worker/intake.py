@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import threading
 import time
@@ -69,7 +70,8 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   local t = redis.call('TIME')
   redis.call('SET', KEYS[2], t[1] * 1000000 + t[2])
 end
-local room = tonumber(ARGV[1])
+-- A list left from a failed round is retried first: a round never grows past the batch size.
+local room = tonumber(ARGV[1]) - redis.call('LLEN', KEYS[1])
 local moved = 0
 for i = 3, #KEYS do
   if room <= 0 then break end
@@ -214,13 +216,15 @@ class IntakeConsumer:
         rejected: list[dict[str, Any]] = []
         accepted = 0
         for entry in entries:
-            number, source, raw = entry.split(b"|", 2)
-            message_id, index = number.decode(), int(source)
-            queue = self.sources[index]
+            message_id, index, raw = self._delivery(entry)
+            if index is None:
+                rejected.append(rejected_row(message_id, "intake processing list", raw, ["not a delivery record"]))
+                continue
             if index == len(self.sources) - 1:
                 queue, raw, reason = _unwrap_quarantined(raw)
                 rejected.append(rejected_row(message_id, queue, raw, [reason]))
                 continue
+            queue = self.sources[index]
             try:
                 request, kwargs = read_request(raw, self.rt.settings.intake_max_bytes)
             except BadMessage as exc:
@@ -237,7 +241,7 @@ class IntakeConsumer:
         except _RETRYABLE as exc:
             raise Retry(f"recording rejected messages: {type(exc).__name__}") from None
         for entry in entries:
-            self._failures.pop(entry.split(b"|", 1)[0].decode(), None)
+            self._failures.pop(self._delivery(entry)[0], None)
         if rejected:
             log.warning(
                 "intake_rejected",
@@ -245,6 +249,15 @@ class IntakeConsumer:
                 accepted=accepted,
                 first_reason=rejected[0]["reasons"][0] if rejected[0]["reasons"] else None,
             )
+
+    def _delivery(self, entry: bytes) -> tuple[str, int | None, bytes]:
+        """(delivery number, source index, raw bytes) of a processing-list entry. Anything else
+        someone pushed onto that list gets a number of its own bytes and no source."""
+        number, _, rest = entry.partition(b"|")
+        source, _, raw = rest.partition(b"|")
+        if number.isdigit() and source.isdigit() and int(source) < len(self.sources):
+            return number.decode(), int(source), raw
+        return "x" + hashlib.sha256(entry).hexdigest()[:32], None, entry
 
     def accept(self, message_id: str, request: dict[str, Any], kwargs: dict[str, Any]) -> list[str]:
         """Store the request (door (a)'s path). The reasons it was refused, or [] when stored."""
