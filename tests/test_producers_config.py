@@ -135,7 +135,9 @@ def test_bad_producer_tables_are_named(tmp_path: Path, env: None, producers: str
 
 def test_account_secret_errors_keep_their_wording(tmp_path: Path) -> None:
     path = tmp_path / "a.toml"
-    path.write_text('[accounts.x]\nprovider="cobo"\nbase_url="http://127.0.0.1:1"\nsecrets={k="env:UNSET_ACCOUNT_KEY"}\n')
+    path.write_text(
+        '[accounts.x]\nprovider="cobo"\nbase_url="http://127.0.0.1:1"\nsecrets={k="env:UNSET_ACCOUNT_KEY"}\n'
+    )
     with pytest.raises(AccountConfigError, match=r"^account 'x': secret 'k': environment variable UNSET_ACCOUNT_KEY"):
         load_accounts(path)
 
