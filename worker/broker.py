@@ -51,6 +51,7 @@ def _queue_tasks() -> dict[str, frozenset[str]]:
 def _signature(task: str) -> inspect.Signature:
     from worker.app import celery_app
 
+    celery_app.loader.import_default_modules()  # the app's `include`: a no-op in a started worker
     return inspect.signature(celery_app.tasks[task].run)
 
 
