@@ -14,6 +14,9 @@ memory, in `SecretStr`, and `secret_values()` feeds the log redactor.
 only for loopback (the sandbox); never user info, a query or a fragment. Another host needs
 `allow_custom_host = true` in the account's table.
 
+Options `destination_allowlist` and `approval_threshold` are checked here too
+(config/account_policy.py).
+
 Accounts that sign with the same key share one nonce counter and one send lane (the provider
 sequences nonces per key): their `key_group` is the name of the first of them (sorted), or
 their common `options.nonce_group`. Redis keys and logs carry that name, never a digest of a
@@ -195,6 +198,16 @@ def _key_groups(accounts: Mapping[str, Account]) -> dict[str, str]:
     return groups
 
 
+def _policy_options(name: str, options: Any, base_dir: Path) -> dict[str, Any]:
+    """The options, with the destination allow-list and approval threshold checked and resolved."""
+    # Imported here: config.account_policy needs providers, whose base module imports this one.
+    from config.account_policy import resolve_policy_options
+
+    if not isinstance(options, dict):
+        raise AccountConfigError(f"account {name!r}: options must be a table")
+    return resolve_policy_options(name, options, base_dir)
+
+
 def parse_accounts(data: Mapping[str, Any], base_dir: Path) -> Accounts:
     table = data.get("accounts")
     if not isinstance(table, dict):
@@ -221,7 +234,7 @@ def parse_accounts(data: Mapping[str, Any], base_dir: Path) -> Accounts:
             provider=raw["provider"],
             base_url=raw["base_url"].rstrip("/"),
             secrets=secrets,
-            options=dict(raw.get("options", {})),
+            options=_policy_options(name, raw.get("options", {}), base_dir),
             rate_limit=RateLimit(float(limit["rate"]), int(limit.get("burst", 1))) if limit else None,
         )
     groups = _key_groups(out)

@@ -20,6 +20,8 @@ from config.logging import redact
 
 
 class RefundStatus(StrEnum):
+    # Above the account's approval threshold: held, never sent, until a person approves it.
+    AWAITING_APPROVAL = "awaiting_approval"
     QUEUED = "queued"
     SUBMITTING = "submitting"
     UNKNOWN = "unknown"

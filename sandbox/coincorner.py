@@ -186,7 +186,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         amount = entry.amount if entry and entry.amount else "10.00"
         body: dict[str, Any] = {
             "OrderId": order_id,
-            "PaymentAddress": "bc1qsandboxpaymentaddress0000000000000000",
+            "PaymentAddress": "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4",  # BIP-173 test vector: a valid checksum
             "InvoiceAmount": amount,
             "InvoiceCurrency": "GBP",
             "SettleAmount": amount,

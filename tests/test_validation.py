@@ -152,7 +152,11 @@ def test_provider_patterns_refuse_a_trailing_newline(accounts: Accounts) -> None
     fee = CoboAdapter().validate(spec(fields={"merchant_fee_amount": "1e-100000000"}), accounts["cobo-sandbox"])
     assert [e.field for e in fee] == ["merchant_fee_amount"]
     corner = CoinCornerAdapter().validate(
-        spec(currency="GBP\n", destination="bc1" + "q" * 39, fields={"order_id": "ord-1\n", "refund_type": "1\n"}),
+        spec(
+            currency="GBP\n",
+            destination="bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq",
+            fields={"order_id": "ord-1\n", "refund_type": "1\n"},
+        ),
         accounts["coincorner-sandbox"],
     )
     assert {e.field for e in corner} == {"currency", "fields.order_id", "fields.refund_type"}

@@ -350,6 +350,41 @@ def refund_list(status: Annotated[str | None, typer.Option()] = None, limit: int
     console.print(table)
 
 
+@refund_app.command("approve")
+def refund_approve(
+    refund: Annotated[str, typer.Argument(help="refund id")],
+    by: Annotated[str, typer.Option("--by", help="who approves (recorded in the event)")],
+    note: Annotated[str | None, typer.Option(help="why (recorded in the event)")] = None,
+) -> None:
+    """Release a refund held in awaiting_approval: it is queued, due now, and sent."""
+    _decide("approve", refund, by, note)
+
+
+@refund_app.command("deny")
+def refund_deny(
+    refund: Annotated[str, typer.Argument(help="refund id")],
+    by: Annotated[str, typer.Option("--by", help="who denies (recorded in the event)")],
+    note: Annotated[str, typer.Option(help="why (recorded in the event; required)")],
+) -> None:
+    """Refuse a refund held in awaiting_approval: it is cancelled and never sent."""
+    _decide("deny", refund, by, note)
+
+
+def _decide(action: str, refund: str, by: str, note: str | None) -> None:
+    from worker.approval import ApprovalError, approve, deny
+
+    try:
+        if action == "approve":
+            moved = approve(_runtime(), refund, by=by, note=note)
+        else:
+            moved = deny(_runtime(), refund, by=by, note=note or "")
+    except ApprovalError as exc:
+        console.print(_shown(exc, "red"), soft_wrap=True)  # one line, never wrapped
+        raise typer.Exit(1) from None
+    done = "approved" if action == "approve" else "denied"
+    console.print(_shown(f"refund {moved.id} {done} by {by.strip()}: now {moved.status}"), soft_wrap=True)
+
+
 # --- bulk batches and reconciliation (worker/batch.py, worker/reconcile.py) -----------------------
 
 batch_app = typer.Typer(help="Bulk refunds from a CSV or JSON-lines file.", no_args_is_help=True)

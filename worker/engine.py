@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from config.account_policy import needs_approval
 from config.accounts import Account
 from config.logging import redact
 from providers import get_adapter
@@ -40,6 +41,7 @@ from providers.base import (
     json_or_none,
 )
 from worker import store
+from worker.approval import is_approved
 from worker.breaker import Pass
 from worker.errors import MaybeSent, NotSent
 from worker.models import Refund, refund_table, utcnow
@@ -410,11 +412,27 @@ class Engine:
         with _bound(refund):
             status = S(refund.status)
             if status is S.QUEUED:
-                return self._claim_and_send(refund)
+                return self._hold_for_approval(refund) or self._claim_and_send(refund)
             if status is S.UNKNOWN:
                 return self._resolve_unknown(refund)
             log.info("submit_skipped", status=status.value)
             return "skipped"
+
+    def _hold_for_approval(self, refund: Refund) -> str | None:
+        """The send-time gate: a queued refund above its account's approval threshold that no
+        person approved is held (queued -> awaiting_approval) instead of sent. Catches rows stored
+        queued without the insert-time check (batch imports) and thresholds lowered since. None:
+        go on and send."""
+        account = self.rt.accounts.get(refund.account)
+        if account is None or is_approved(refund) or not needs_approval(account, refund.amount, refund.currency):
+            return None
+        held = self._move(
+            refund,
+            S.AWAITING_APPROVAL,
+            reason="held before sending: amount above the account's approval_threshold, not approved",
+            values={"next_action_at": None},
+        )
+        return S.AWAITING_APPROVAL.value if held else "lost_race"
 
     def _claim_and_send(self, refund: Refund) -> str:
         """Claim a queued refund, or an unknown one whose lookup proved it absent, and send it.

@@ -169,6 +169,10 @@ BATCH_STATUSES = (
     "cancelled",
 )
 BATCH_OPEN = BATCH_STATUSES[:7]  # non-terminal
+# Statuses a batch counts under another one's counter. awaiting_approval is "not sent yet" like
+# queued: batch imports count every row they insert as queued, so holding one for approval (and
+# approving it) leaves the counters exact without a column of its own.
+BATCH_COUNTED_AS = {"awaiting_approval": "queued"}
 
 
 class Batch(SQLModel, table=True):

@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
+from config.account_policy import needs_approval
 from config.logging import redact
 from config.settings import Settings
 from providers import get_adapter
@@ -51,6 +52,8 @@ class EnqueueResult:
     def message(self) -> str:
         if not self.created:
             return f"refund {self.refund.id} already exists for this key ({self.refund.status})"
+        if self.refund.status == RefundStatus.AWAITING_APPROVAL:
+            return f"refund {self.refund.id} accepted, awaiting approval (amount above the account's threshold)"
         if not self.published:
             return f"refund {self.refund.id} accepted, queued for delivery"
         return f"refund {self.refund.id} accepted"
@@ -66,6 +69,7 @@ def differing_fields(existing: Refund, request: RefundRequest) -> list[str]:
 
 def refund_values(request: RefundRequest, rt: Runtime, *, batch_id: str | None = None) -> dict[str, Any]:
     refund_id = new_refund_id()
+    account = rt.accounts.get(request.account)
     return refund_row(
         refund_id,
         request,
@@ -73,6 +77,7 @@ def refund_values(request: RefundRequest, rt: Runtime, *, batch_id: str | None =
         settings=rt.settings,
         now=utcnow(),
         batch_id=batch_id,
+        awaiting_approval=account is not None and needs_approval(account, request.amount, request.currency),
     )
 
 
@@ -84,9 +89,17 @@ def refund_row(
     settings: Settings,
     now: datetime,
     batch_id: str | None = None,
+    awaiting_approval: bool = False,
 ) -> dict[str, Any]:
     """The one definition of a new refund row (producers and batch imports alike)."""
     hours = request.deadline_hours or settings.deadline_hours
+    # Approval (config/account_policy.py): held, not due, until a person approves it. Rows built
+    # without it (batch imports) are stored queued and held by the send-time gate instead.
+    status, due = (
+        (RefundStatus.AWAITING_APPROVAL, None)
+        if awaiting_approval
+        else (RefundStatus.QUEUED, now + timedelta(seconds=settings.publish_grace))
+    )
     return {
         "id": refund_id,
         "idempotency_key": request.idempotency_key,
@@ -98,11 +111,11 @@ def refund_row(
         "fields": dict(request.fields),
         "exclusive_key": exclusive_key,
         "batch_id": batch_id,
-        "status": RefundStatus.QUEUED.value,
+        "status": status.value,
         "attempts": 0,
         "polls": 0,
         # If the publish after commit is lost, the dispatcher sends the work after this grace.
-        "next_action_at": now + timedelta(seconds=settings.publish_grace),
+        "next_action_at": due,
         "deadline": now + timedelta(hours=hours),
         "detail": {},
         "created_at": now,
@@ -202,7 +215,9 @@ def enqueue_refund(data: RefundRequest | Mapping[str, Any], rt: Runtime | None =
     """
     rt = rt or get_runtime()
     refund, created = persist(data, rt)
-    published = publish_submit(refund.id, rt) if created else False
+    # Held for approval: nothing to send until `refundq refund approve` publishes it.
+    due = created and refund.status == RefundStatus.QUEUED
+    published = publish_submit(refund.id, rt) if due else False
     log.info(
         "refund_enqueued" if created else "refund_exists",
         refund_id=refund.id,

@@ -15,7 +15,12 @@ POLLED = frozenset({S.PENDING, S.PROCESSING, S.ACTION_REQUIRED, S.PARTIALLY_COMP
 _OPEN_AT_PROVIDER = PROVIDER_REPORTED | {S.NEEDS_ATTENTION}
 
 EDGES: dict[S, frozenset[S]] = {
-    S.QUEUED: frozenset({S.SUBMITTING, S.CANCELLED, S.NEEDS_ATTENTION, S.REJECTED}),
+    # A person decides (`refundq refund approve` / `deny`); nothing else moves it, and the
+    # dispatcher never claims it (not in store.DUE_STATUSES).
+    S.AWAITING_APPROVAL: frozenset({S.QUEUED, S.CANCELLED}),
+    # -> awaiting_approval: the send-time gate (Engine.submit) for rows stored queued above the
+    # threshold (a batch import, or a threshold lowered after the refund was stored).
+    S.QUEUED: frozenset({S.SUBMITTING, S.CANCELLED, S.NEEDS_ATTENTION, S.REJECTED, S.AWAITING_APPROVAL}),
     # After a send: accepted (any provider status), refused, failed before send (back to
     # queued), or ambiguous (unknown).
     S.SUBMITTING: _OPEN_AT_PROVIDER | {S.QUEUED, S.UNKNOWN, S.REJECTED},

@@ -15,6 +15,7 @@ from sqlalchemy import JSON, ColumnElement, Connection, Row, func, insert, selec
 from config.logging import scrub
 from providers.base import RefundStatus
 from worker.models import (
+    BATCH_COUNTED_AS,
     BATCH_OPEN,
     BATCH_STATUSES,
     Money,
@@ -92,6 +93,8 @@ def get_by_exclusive_key(conn: Connection, account: str, exclusive_key: str) -> 
 
 
 def insert_refund(conn: Connection, values: Mapping[str, Any], *, reason: str = "accepted") -> None:
+    if values["status"] == RefundStatus.AWAITING_APPROVAL.value:
+        reason = f"{reason}; amount above the account's approval_threshold: awaiting approval"
     conn.execute(insert(refund_table).values(**values))
     conn.execute(
         insert(event_table).values(
@@ -231,6 +234,9 @@ def count_batch_move(conn: Connection, batch_id: str, frm: str, to: str, now: da
     """One refund of the batch moved frm -> to: the counters follow in the caller's transaction
     (atomic increments, so concurrent transitions never lose a count); stamp finished_at when
     every refund of the batch is inserted and terminal."""
+    frm, to = BATCH_COUNTED_AS.get(frm, frm), BATCH_COUNTED_AS.get(to, to)
+    if frm == to:
+        return  # e.g. queued <-> awaiting_approval: one counter, nothing moves
     B = batch_table.c
     conn.execute(
         update(batch_table).where(B.id == batch_id).values({f"n_{frm}": B[f"n_{frm}"] - 1, f"n_{to}": B[f"n_{to}"] + 1})

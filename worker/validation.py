@@ -19,7 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from config.accounts import AccountConfigError, Accounts
+from config.account_policy import allowlist, allowlist_key, approval_threshold
+from config.accounts import Account, AccountConfigError, Accounts
 from providers import PROVIDERS, get_adapter
 from providers.base import FieldError, RefundSpec, parse_plain_decimal
 from worker.text import CONTROL, escape_controls
@@ -216,11 +217,22 @@ def validate(request: RefundRequest, accounts: Accounts) -> list[FieldError]:
     errors = [] if request.destination else [FieldError("destination", "must not be empty")]
     try:
         errors += get_adapter(request.provider).validate(request.spec("validation"), account)
+        errors += _account_policy(request, account)
     except AccountConfigError as exc:
         errors.append(FieldError("account", str(exc)))
     # One error per field is enough to act on; keep the first.
     seen: set[str] = set()
     return [e for e in errors if not (e.field in seen or seen.add(e.field))]  # type: ignore[func-returns-value]
+
+
+def _account_policy(request: RefundRequest, account: Account) -> list[FieldError]:
+    """The account's own destination rules (config/account_policy.py); its threshold is read here
+    too, so a bad one in an account built by hand is refused before anything is stored."""
+    approval_threshold(account, request.currency)
+    allowed = allowlist(account)
+    if allowed is not None and request.destination and allowlist_key(request.destination) not in allowed:
+        return [FieldError("destination", f"not on account {account.name!r}'s allow-list")]
+    return []
 
 
 def check(data: RefundRequest | Mapping[str, Any], accounts: Accounts) -> RefundRequest:
