@@ -146,6 +146,14 @@ class RefundSpec:
     provider_refund_id: str | None = None
     created_at: datetime | None = None  # when refundq accepted it: no provider record can be older
     lookup_page: int = 0  # for lookups that page through a provider's list (LookupNextPage)
+    # A retry's first attempt (refundq id). A provider that deduplicates by refundq's id (Cobo
+    # `request_id`) must see that id again, so it refuses a second payment of the same refund.
+    original_id: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        """The id a provider deduplicates on: the first attempt's, for every retry of it."""
+        return self.original_id or self.refund_id
 
 
 @dataclass(frozen=True)

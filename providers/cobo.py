@@ -30,7 +30,8 @@ whose `data` holds no refund with our request_id (spec §3: "empty data => not c
 answer on a poll (no provider refund id yet) is PENDING "not visible yet", never REJECTED. `request_id` is Cobo's
 idempotency key (a resend with it is refused as a duplicate, 12009/30001/2040 -> AMBIGUOUS), so the settle default
 is short: `settle_seconds` = 10 (the worker applies it after an ambiguous send; an account may override it with the
-option `settle_seconds`).
+option `settle_seconds`). A retry of a refund (`refundq refund retry`, `batch retry`) sends the first attempt's id as
+`request_id` (`RefundSpec.request_id`): Cobo then refuses it as a duplicate whenever it holds the first attempt.
 """
 
 from __future__ import annotations
@@ -424,7 +425,7 @@ class CoboAdapter:
 
     def create_body(self, spec: RefundSpec, account: Account) -> CreateRefundRequest:
         fields = spec.fields
-        body: CreateRefundRequest = {"request_id": spec.refund_id}
+        body: CreateRefundRequest = {"request_id": spec.request_id}
         merchant_id = fields.get("merchant_id", account.option("merchant_id"))
         if merchant_id:
             body["merchant_id"] = str(merchant_id)
@@ -474,7 +475,7 @@ class CoboAdapter:
         return self._request(account, "GET", endpoint, nonce)
 
     def build_lookup(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
-        return self._request(account, "GET", REFUNDS_PATH, nonce, query={"request_id": spec.refund_id})
+        return self._request(account, "GET", REFUNDS_PATH, nonce, query={"request_id": spec.request_id})
 
     def build_update_address(self, spec: RefundSpec, account: Account, nonce: int, to_address: str) -> Request:
         """Answer PendingConfirmation: give the refund its destination (`PUT /payments/refunds/{id}`)."""
@@ -500,7 +501,7 @@ class CoboAdapter:
         return data
 
     def _check_ours(self, spec: RefundSpec, refund: Mapping[str, Any], failure: ErrorKind) -> None:
-        if refund.get("request_id") not in (None, spec.refund_id):
+        if refund.get("request_id") not in (None, spec.request_id):
             raise ProviderError(failure, "cobo: answer is about another request_id")
 
     def parse_submit(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult:
@@ -536,7 +537,7 @@ class CoboAdapter:
         if not isinstance(items, list):
             raise ProviderError(ErrorKind.RETRYABLE, "cobo: list answer without a data array")
         # the server filters by request_id already; filter again so a broader answer cannot mislead us
-        ours = [r for r in items if isinstance(r, dict) and r.get("request_id") == spec.refund_id]
+        ours = [r for r in items if isinstance(r, dict) and r.get("request_id") == spec.request_id]
         return to_status_result(ours[0]) if ours else None
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, account: Account) -> StatusResult:

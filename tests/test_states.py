@@ -46,8 +46,10 @@ def _events(conn, refund_id: str) -> int:
 
 def test_edges_cover_every_status_and_terminals_are_closed() -> None:
     assert set(EDGES) == set(S)
-    for status in (S.REJECTED, S.NEEDS_ATTENTION, S.CANCELLED):
+    for status in (S.REJECTED, S.CANCELLED):
         assert EDGES[status] == frozenset()
+    # needs_attention is left only by an operator's `refund resolve` (worker/operator.py)
+    assert EDGES[S.NEEDS_ATTENTION] == frozenset({S.COMPLETED, S.FAILED})
     # completed/failed only leave to needs_attention (drift found by reconciliation)
     assert EDGES[S.COMPLETED] == EDGES[S.FAILED] == frozenset({S.NEEDS_ATTENTION})
     assert {S.COMPLETED, S.FAILED, S.REJECTED, S.NEEDS_ATTENTION, S.CANCELLED} <= TERMINAL

@@ -39,16 +39,17 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import structlog
-from sqlalchemy import Connection, String, any_, bindparam, insert, select, update
+from sqlalchemy import Connection, String, and_, any_, bindparam, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from providers import get_adapter
 from providers.base import Adapter, RefundStatus
-from worker import store
+from worker import operator, store
 from worker.models import BATCH_STATUSES, Batch, Refund, batch_table, refund_table, utcnow
-from worker.producer import COMPARED_FIELDS, refund_row, refund_values
+from worker.operator import retry_key  # noqa: F401  (re-exported: batch retry keys)
+from worker.producer import COMPARED_FIELDS, refund_row
 from worker.runtime import Runtime, get_runtime
-from worker.validation import RefundRequest, ValidationFailed, check, parse_request, validate
+from worker.validation import RefundRequest, ValidationFailed, parse_request, validate
 
 log = structlog.get_logger("refundq.batch")
 R = refund_table.c
@@ -715,15 +716,8 @@ def _store(
 # --- retry and cancel ----------------------------------------------------------------------------
 
 
-def retry_key(key: str) -> str:
-    """`k` -> `k#retry1`, `k#retry1` -> `k#retry2`: a new attempt has a key of its own."""
-    base, sep, n = key.rpartition("#retry")
-    if sep and n.isdigit():
-        return f"{base}#retry{int(n) + 1}"
-    return f"{key}#retry1"
-
-
 RETRYABLE = frozenset({S.FAILED, S.REJECTED, S.NEEDS_ATTENTION, S.CANCELLED})
+RETRY_CHUNK = 500  # old refunds judged and retried per transaction
 
 
 @dataclass
@@ -733,12 +727,34 @@ class RetryResult:
     skipped: list[str]  # "refund id: why"
 
 
+def _retry_page(
+    conn: Connection, batch_id: str, statuses: Sequence[S], after: tuple[Any, str] | None, limit: int
+) -> list[Refund]:
+    """The next `limit` refunds of the batch in `statuses` not retried yet, in (created_at, id) order."""
+    retried_ids = select(R.retry_of).where(R.retry_of.is_not(None))
+    query = select(refund_table).where(
+        R.batch_id == batch_id, R.status.in_([s.value for s in statuses]), R.id.not_in(retried_ids)
+    )
+    if after is not None:
+        query = query.where(or_(R.created_at > after[0], and_(R.created_at == after[0], R.id > after[1])))
+    rows = conn.execute(query.order_by(R.created_at, R.id).limit(limit))
+    return [Refund.model_validate(dict(r._mapping)) for r in rows]
+
+
 def retry(
-    batch_id: str, status: str | Sequence[str] = "failed", *, rt: Runtime | None = None, publish: bool = True
+    batch_id: str,
+    status: str | Sequence[str] = "failed",
+    *,
+    rt: Runtime | None = None,
+    publish: bool = True,
+    by: str = "an operator",
+    chunk: int = RETRY_CHUNK,
 ) -> RetryResult:
     """New attempts, in a new batch linked to this one (Batch.retry_of), for the batch's refunds in
-    `status` that were not retried yet; each new refund links to its old one (Refund.retry_of).
-    Running it twice retries nothing twice."""
+    `status` that were not retried yet and that the rule of worker/actions.py allows (the others
+    are in `skipped` with the reason); each new refund links to its old one (Refund.retry_of) and
+    carries its first attempt's request id (worker/operator.py). Pages of `chunk` refunds, each
+    judged and retried in one transaction. Running it twice retries nothing twice."""
     rt = rt or get_runtime()
     statuses = [S(status)] if isinstance(status, str) else [S(s) for s in status]
     bad = [s.value for s in statuses if s not in RETRYABLE]
@@ -746,66 +762,61 @@ def retry(
         raise ValueError(f"cannot retry refunds that are {', '.join(bad)} (retryable: failed, rejected, ...)")
     with rt.engine.connect() as conn:
         batch = get_batch(conn, batch_id)
-        if batch is None:
-            raise LookupError(f"no batch {batch_id}")
-        retried_ids = select(refund_table.c.retry_of).where(refund_table.c.retry_of.is_not(None))
-        rows = conn.execute(
-            select(refund_table)
-            .where(R.batch_id == batch_id, R.status.in_([s.value for s in statuses]), R.id.not_in(retried_ids))
-            .order_by(R.created_at, R.id)
-        ).all()
-    old = [Refund.model_validate(dict(r._mapping)) for r in rows]
+    if batch is None:
+        raise LookupError(f"no batch {batch_id}")
     skipped: list[str] = []
-    new_values: list[dict[str, Any]] = []
-    for refund in old:
-        data = {
-            "idempotency_key": retry_key(refund.idempotency_key),
-            "provider": refund.provider,
-            "account": refund.account,
-            "amount": format(refund.amount, "f"),
-            "currency": refund.currency,
-            "destination": refund.destination,
-            "fields": refund.fields,
-        }
-        try:
-            request = check(data, rt.accounts)
-        except ValidationFailed as exc:
-            skipped.append(f"{refund.id}: {exc}")
-            continue
-        values = refund_values(request, rt)
-        values["retry_of"] = refund.id
-        new_values.append(values)
-    if not new_values:
+    retry_batch_id: str | None = None
+    retried = 0
+    after: tuple[Any, str] | None = None
+    while True:
+        with rt.engine.begin() as conn:
+            page = _retry_page(conn, batch_id, statuses, after, chunk)
+            if not page:
+                break
+            after = (page[-1].created_at, page[-1].id)
+            late = store.late_answers_for(conn, [r.id for r in page])
+            planned: list[tuple[Refund, dict[str, Any], str]] = []
+            for refund in page:
+                verdict = operator.judge_retry(refund, late.get(refund.id, []), None)
+                if not verdict.allowed:
+                    skipped.append(verdict.reason)
+                    continue
+                try:
+                    planned.append((refund, operator.retry_values(refund, rt), verdict.reason))
+                except ValidationFailed as exc:
+                    skipped.append(f"{refund.id}: {exc}")
+            if not planned:
+                continue
+            if retry_batch_id is None:
+                statuses_text = "+".join(s.value for s in statuses)
+                # total starts at 1: a guard that keeps finished_at unset until the last page is in.
+                values = _new_batch_values(
+                    f"{batch.name} (retry {statuses_text})", f"retry:{batch_id}:{uuid.uuid4().hex}", 1, batch_id
+                )
+                retry_batch_id = values["id"]
+                conn.execute(insert(batch_table).values(**values))
+            accepted: list[dict[str, Any]] = []
+            for refund, v, why in planned:
+                text = f"in batch {retry_batch_id} by {by}: {why}"
+                if not operator.hand_over(conn, refund, v["id"], text):
+                    skipped.append(f"{refund.id}: its status changed meanwhile")
+                    continue
+                v["batch_id"] = retry_batch_id
+                accepted.append(v)
+            if accepted:
+                _insert_chunk(conn, retry_batch_id, accepted, f"retry of an earlier attempt (batch {batch_id}) by {by}")
+                conn.execute(update(batch_table).where(B.id == retry_batch_id).values(total=B.total + len(accepted)))
+        retried += len(accepted)
+        if publish:
+            publish_submits([v["id"] for v in accepted], rt.settings.batch_publish_chunk)
+    if retry_batch_id is None:
         return RetryResult(None, 0, skipped)
-    statuses_text = "+".join(s.value for s in statuses)
-    values = _new_batch_values(f"{batch.name} (retry {statuses_text})", f"retry:{batch_id}:{uuid.uuid4().hex}", 0)
-    values["retry_of"] = batch_id
-    retry_batch_id = values["id"]
-    by_old = {v["retry_of"]: v for v in new_values}
     with rt.engine.begin() as conn:
-        conn.execute(insert(batch_table).values(**values))
-        accepted: list[dict[str, Any]] = []
-        for refund in old:
-            v = by_old.get(refund.id)
-            if v is None:
-                continue
-            # The old attempt gives up its invoice (one refund per invoice) to the new one, guarded
-            # by its status: if it moved meanwhile, it is not retried.
-            if not store.touch(conn, refund.id, S(refund.status), {"exclusive_key": None}):
-                skipped.append(f"{refund.id}: its status changed meanwhile")
-                continue
-            store.add_event(conn, refund.id, S(refund.status), f"retried as {v['id']} in batch {retry_batch_id}")
-            v["batch_id"] = retry_batch_id
-            accepted.append(v)
-        if accepted:
-            _insert_chunk(conn, retry_batch_id, accepted, f"retry of an earlier attempt (batch {batch_id})")
-        conn.execute(update(batch_table).where(B.id == retry_batch_id).values(total=len(accepted)))
-    if publish:
-        publish_submits([v["id"] for v in accepted], rt.settings.batch_publish_chunk)
-    with rt.engine.connect() as conn:
+        conn.execute(update(batch_table).where(B.id == retry_batch_id).values(total=B.total - 1))
+        store.finish_if_done(conn, retry_batch_id, utcnow())
         new_batch = get_batch(conn, retry_batch_id)
-    log.info("batch_retry", batch_id=batch_id, retry_batch_id=retry_batch_id, retried=len(accepted))
-    return RetryResult(new_batch, len(accepted), skipped)
+    log.info("batch_retry", batch_id=batch_id, retry_batch_id=retry_batch_id, retried=retried, skipped=len(skipped))
+    return RetryResult(new_batch, retried, skipped)
 
 
 def cancel(batch_id: str, *, rt: Runtime | None = None, chunk: int = 500) -> int:

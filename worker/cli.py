@@ -385,6 +385,72 @@ def _decide(action: str, refund: str, by: str, note: str | None) -> None:
     console.print(_shown(f"refund {moved.id} {done} by {by.strip()}: now {moved.status}"), soft_wrap=True)
 
 
+def _operator_call(action: Any) -> Any:
+    """Run an operator action; a refusal or a bad argument is one red line and exit 1 / 2."""
+    from worker.operator import ActionRefused
+
+    try:
+        return action()
+    except ActionRefused as exc:
+        console.print(Text.assemble(("refused: ", "red"), _shown(exc)))
+        raise typer.Exit(1) from None
+    except LookupError as exc:
+        console.print(_shown(str(exc).strip("'\"")))
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        console.print(_shown(exc, "red"))
+        raise typer.Exit(2) from None
+
+
+@refund_app.command("resolve")
+def refund_resolve(
+    refund: Annotated[str, typer.Argument(help="refund id or idempotency key (needs_attention)")],
+    as_: Annotated[str, typer.Option("--as", help="completed or failed")],
+    by: Annotated[str, typer.Option("--by", help="who decides (recorded)")],
+    note: Annotated[str, typer.Option("--note", help="why (recorded)")],
+    force: Annotated[
+        bool, typer.Option("--force", help="--as completed although the provider does not report it (recorded)")
+    ] = False,
+) -> None:
+    """Close a needs_attention refund after a fresh lookup at the provider (the rule: README)."""
+    from providers.base import RefundStatus
+    from worker.operator import resolve
+
+    if as_ not in ("completed", "failed"):
+        console.print("--as must be completed or failed")
+        raise typer.Exit(2)
+    done = _operator_call(lambda: resolve(_runtime(), refund, RefundStatus(as_), by=by, note=note, force=force))
+    console.print(Text.assemble("provider: ", _shown(done.view.summary() if done.view else "-")))
+    console.print(Text.assemble(_shown(f"{done.refund_id} resolved as {as_}: "), _shown(done.reason)))
+
+
+@refund_app.command("retry")
+def refund_retry(
+    refund: Annotated[str, typer.Argument(help="refund id or idempotency key")],
+    by: Annotated[str, typer.Option("--by", help="who decides (recorded)")],
+    note: Annotated[str | None, typer.Option("--note", help="why (recorded)")] = None,
+) -> None:
+    """A new attempt of a refund the provider proved unpaid (rejected, failed, cancelled unsent)."""
+    from worker.operator import retry
+
+    done = _operator_call(lambda: retry(_runtime(), refund, by=by, note=note))
+    console.print(Text.assemble(_shown(f"retried as {done.refund_id}: "), _shown(done.reason)))
+    print(done.refund_id)
+
+
+@refund_app.command("cancel")
+def refund_cancel(
+    refund: Annotated[str, typer.Argument(help="refund id or idempotency key")],
+    by: Annotated[str, typer.Option("--by", help="who decides (recorded)")],
+    note: Annotated[str | None, typer.Option("--note", help="why (recorded)")] = None,
+) -> None:
+    """Cancel a refund that was never sent (queued, never claimed)."""
+    from worker.operator import cancel
+
+    done = _operator_call(lambda: cancel(_runtime(), refund, by=by, note=note))
+    console.print(_shown(f"{done.refund_id} cancelled"))
+
+
 # --- bulk batches and reconciliation (worker/batch.py, worker/reconcile.py) -----------------------
 
 batch_app = typer.Typer(help="Bulk refunds from a CSV or JSON-lines file.", no_args_is_help=True)
@@ -540,17 +606,25 @@ def batch_export(
 def batch_retry(
     batch_id: Annotated[str, typer.Argument(help="batch id")],
     status: Annotated[list[str] | None, typer.Option(help="which refunds to retry (repeatable)")] = None,
+    by: Annotated[str | None, typer.Option("--by", help="who decides (recorded; default: your login)")] = None,
 ) -> None:
-    """Re-enqueue the batch's refunds in STATUS (default failed) as new attempts, in a new batch."""
+    """Re-enqueue the batch's refunds in STATUS (default failed) as new attempts, in a new batch,
+    where the provider proved nothing was paid (the rule: README); the others are listed."""
+    import getpass
+
     from worker.batch import retry
+    from worker.operator import MAX_NAME, operator_text
 
     try:
-        result = retry(batch_id, status or ["failed"], rt=_runtime())
+        who = operator_text(by or getpass.getuser(), "--by", MAX_NAME)
+        result = retry(batch_id, status or ["failed"], rt=_runtime(), by=who)
     except (LookupError, ValueError) as exc:
         console.print(f"[red]{str(exc).strip(chr(39))}[/red]")
         raise typer.Exit(1) from None
     for why in result.skipped[:20]:
         console.print(_shown(f"  not retried: {why}"))
+    if len(result.skipped) > 20:
+        console.print(f"  ... and {len(result.skipped) - 20} more not retried")
     if result.batch is None:
         console.print("nothing to retry")
         return

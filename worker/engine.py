@@ -56,6 +56,9 @@ log = structlog.get_logger("refundq.engine")
 S = RefundStatus
 NONCE_RESIGNS = 3  # a refused nonce means "not executed": re-sign at once, without counting an attempt
 LOOKUP_SOON = 1.0  # seconds until the first lookup after an ambiguous send
+# refund.detail key of a retry: the first attempt's id, which a provider that deduplicates by
+# refundq's id (Cobo request_id) is sent again (RefundSpec.original_id).
+REQUEST_ID_OF = "request_id_of"
 
 
 def spec_of(refund: Refund) -> RefundSpec:
@@ -67,6 +70,7 @@ def spec_of(refund: Refund) -> RefundSpec:
         fields=refund.fields,
         provider_refund_id=refund.provider_refund_id,
         created_at=refund.created_at,
+        original_id=refund.detail.get(REQUEST_ID_OF) or None,
     )
 
 
@@ -561,6 +565,19 @@ class Engine:
             )
         log.info("lookup_absent")
         return self._after(refund, Op.LOOKUP, Outcome.ABSENT, response=response)
+
+    def look_up(self, refund: Refund) -> StatusResult | None:
+        """A fresh lookup for an operator (`refundq refund resolve`): admitted like every call
+        (breaker, rate token: NotSent when not admitted), a 429 drains the bucket as for a worker.
+        None: the provider proved it has no such refund (the caller judges the settle time).
+        Raises NotSent, MaybeSent or ProviderError when the provider could not tell."""
+        adapter, account, spec = self._parts(refund)
+        try:
+            return self._lookup(adapter, account, spec)[0]
+        except ProviderError as exc:
+            if decide(Op.LOOKUP, outcome_of(exc)).penalty:
+                self.rt.limiter.penalize(account, exc.retry_after)
+            raise
 
     def _lookup(self, adapter: Adapter, account: Account, spec: RefundSpec) -> tuple[StatusResult | None, Response]:
         """The provider's record of this refund, paging where its lookup is a list. A lookup that

@@ -30,6 +30,7 @@ from sqlalchemy import select
 from providers import get_adapter
 from providers.base import ProviderError, RefundStatus, Response, StatusResult
 from worker import store
+from worker.actions import RESOLUTION
 from worker.breaker import CircuitOpen
 from worker.engine import Engine, integrity_problems, integrity_record, response_record, spec_of
 from worker.errors import MaybeSent, NotSent
@@ -151,6 +152,12 @@ class Reconciler:
         finding = Finding(refund.id, refund.provider, refund.account, refund.status, "ok")
         if status not in POLLED and status not in FINISHED:
             finding.outcome = "skipped"
+            return finding
+        resolution = refund.detail.get(RESOLUTION)
+        if isinstance(resolution, dict) and (resolution.get("forced") or resolution.get("seen") != "found"):
+            # An operator closed it on "absent" or by override: no provider record to compare it with
+            # (a retry may now hold its Cobo request_id), so reading it would only report drift.
+            finding.outcome, finding.error = "skipped", "operator-resolved without a provider record"
             return finding
         if refund.account not in self.rt.accounts:
             finding.outcome, finding.error = "error", f"account {refund.account} is not configured"

@@ -35,7 +35,9 @@ EDGES: dict[S, frozenset[S]] = {
     S.COMPLETED: frozenset({S.NEEDS_ATTENTION}),
     S.FAILED: frozenset({S.NEEDS_ATTENTION}),
     S.REJECTED: frozenset(),
-    S.NEEDS_ATTENTION: frozenset(),
+    # Only an operator leaves it (`refundq refund resolve`, worker/operator.py), after a fresh
+    # lookup at the provider; automation never does.
+    S.NEEDS_ATTENTION: frozenset({S.COMPLETED, S.FAILED}),
     S.CANCELLED: frozenset(),
 }
 

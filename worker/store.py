@@ -241,6 +241,12 @@ def count_batch_move(conn: Connection, batch_id: str, frm: str, to: str, now: da
     conn.execute(
         update(batch_table).where(B.id == batch_id).values({f"n_{frm}": B[f"n_{frm}"] - 1, f"n_{to}": B[f"n_{to}"] + 1})
     )
+    finish_if_done(conn, batch_id, now)
+
+
+def finish_if_done(conn: Connection, batch_id: str, now: datetime) -> None:
+    """Stamp finished_at once every refund of the batch is inserted (`total`) and terminal."""
+    B = batch_table.c
     open_sum = sum((B[f"n_{s}"] for s in BATCH_OPEN[1:]), B[f"n_{BATCH_OPEN[0]}"])
     done_sum = sum((B[f"n_{s}"] for s in BATCH_STATUSES[8:]), B[f"n_{BATCH_STATUSES[7]}"])
     conn.execute(
@@ -292,6 +298,45 @@ def late_answers(conn: Connection, refund_id: str) -> list[dict[str, Any]]:
     E = event_table.c
     query = select(E.response).where(E.refund_id == refund_id, E.reason.like(f"{LATE_ANSWER}:%")).order_by(E.id)
     return [r.response[LATE_ANSWER] for r in conn.execute(query) if r.response and LATE_ANSWER in r.response]
+
+
+def late_answers_for(conn: Connection, refund_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """late_answers of many refunds in one query (batch retry judges a page at a time)."""
+    E = event_table.c
+    out: dict[str, list[dict[str, Any]]] = {}
+    if not refund_ids:
+        return out
+    query = (
+        select(E.refund_id, E.response)
+        .where(E.refund_id.in_(list(refund_ids)), E.reason.like(f"{LATE_ANSWER}:%"))
+        .order_by(E.id)
+    )
+    for r in conn.execute(query):
+        if r.response and LATE_ANSWER in r.response:
+            out.setdefault(r.refund_id, []).append(r.response[LATE_ANSWER])
+    return out
+
+
+def retried_as(conn: Connection, refund_id: str) -> str | None:
+    """The id of the refund that retries this one, if any."""
+    return conn.execute(select(R.id).where(R.retry_of == refund_id).limit(1)).scalar()
+
+
+def hand_over(conn: Connection, old: Refund) -> bool:
+    """A retry takes over from `old`: the old row gives up its invoice (one refund per invoice)
+    to the new one, guarded by the version that was judged (status and updated_at), so a row that
+    changed meanwhile, or that a concurrent retry took, is left alone (False)."""
+    moved = conn.execute(
+        update(refund_table)
+        .where(R.id == old.id, R.status == old.status, R.updated_at == old.updated_at)
+        .values(exclusive_key=None, updated_at=utcnow())
+    )
+    return moved.rowcount == 1
+
+
+def is_settled(conn: Connection, refund_id: str) -> bool:
+    """Has the settle time after the refund's last ambiguous send passed (database clock)?"""
+    return bool(conn.execute(select(settled(conn)).where(R.id == refund_id)).scalar())
 
 
 DUE_STATUSES = (RefundStatus.QUEUED, RefundStatus.UNKNOWN, *POLLED)
