@@ -143,6 +143,20 @@ def may_send_again(refund: Refund, late: Sequence[Mapping[str, Any]] = ()) -> Ve
     return Verdict(True, f"the provider reported it failed ({refund.provider_status!r})")
 
 
+def provider_keeps_record(refund: Refund) -> bool:
+    """Does the provider keep a final record under this attempt's id? It does when it reported the
+    refund failed. A provider that deduplicates by refundq's id (Cobo request_id) would then refuse
+    a retry under that id as a duplicate forever, so such a retry needs an id of its own; a retry of
+    an attempt the provider has no record of (refused, proven absent) reuses the id instead, so a
+    late execution of the old one and the retry cannot both be paid."""
+    if S(refund.status) is not S.FAILED:
+        return False
+    resolution = refund.detail.get(RESOLUTION)
+    if isinstance(resolution, Mapping):
+        return bool(resolution.get("seen") == Seen.FOUND.value)
+    return True
+
+
 def may_cancel(refund: Refund) -> Verdict:
     """Cancel only what was never sent: queued and never claimed for a send."""
     status = S(refund.status)

@@ -2,9 +2,11 @@
 
 Each applies the one rule of worker/actions.py and writes an event naming who and why, taken
 or refused. A retry is a new refund row (its own id, key `<key>#retryN`, `retry_of` = the old
-one) whose `detail.request_id_of` holds the first attempt's id: a provider that deduplicates by
-refundq's id (Cobo `request_id`) is sent that id again, so it can never pay the same refund twice
-even if the rule's evidence was wrong. worker/batch.py `retry` uses the same helpers per page.
+one) whose `detail.request_id_of` holds the id the provider knows the old attempt by: a provider
+that deduplicates by refundq's id (Cobo `request_id`) is sent that id again, so it can never pay
+the same refund twice even if the rule's evidence was wrong. Not when the provider keeps a failed
+record under that id (actions.provider_keeps_record): it would refuse the retry forever.
+worker/batch.py `retry` uses the same helpers per page.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from worker.actions import (
     may_cancel,
     may_resolve,
     may_send_again,
+    provider_keeps_record,
 )
 from worker.engine import REQUEST_ID_OF, Engine
 from worker.errors import MaybeSent, NotSent
@@ -125,8 +128,10 @@ def retry_values(old: Refund, rt: Runtime, *, batch_id: str | None = None) -> di
     )
     values = refund_values(request, rt, batch_id=batch_id)
     values["retry_of"] = old.id
-    # The first attempt's id, kept through every retry of a retry (RefundSpec.original_id).
-    values["detail"] = {REQUEST_ID_OF: old.detail.get(REQUEST_ID_OF) or old.id}
+    # The id the provider knows the old attempt by, kept through retries of retries
+    # (RefundSpec.original_id), unless the provider keeps a failed record under it.
+    if not provider_keeps_record(old):
+        values["detail"] = {REQUEST_ID_OF: old.detail.get(REQUEST_ID_OF) or old.id}
     return values
 
 
