@@ -6,7 +6,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import worker.models  # noqa: F401  (registers the tables)
-from worker.db import get_engine
+from worker.db import WRITE, get_engine
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")
@@ -16,6 +16,7 @@ if not url:
     url = get_settings().database_url
 
 with get_engine(url).connect() as connection:
+    connection.execution_options(**{WRITE: True})  # DDL writes: on SQLite BEGIN IMMEDIATE, as engine.begin()
     context.configure(
         connection=connection,
         target_metadata=SQLModel.metadata,

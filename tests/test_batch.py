@@ -219,28 +219,7 @@ def test_resubmitting_the_same_file_returns_the_same_batch(rt: Any, tmp_path: Pa
     assert enqueue_batch(list(rows(5, "py")), rt=rt, publish=False).batch.id == spooled.batch.id
 
 
-def test_an_interrupted_import_resumes_on_resubmit(rt: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import worker.batch as batch_module
-
-    path = write_csv(tmp_path / "resume.csv", list(rows(1000, "resume")))  # chunks of 250
-    real = batch_module._insert_chunk
-    calls = 0
-
-    def failing(*args: Any, **kwargs: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise RuntimeError("database went away")
-        real(*args, **kwargs)
-
-    monkeypatch.setattr(batch_module, "_insert_chunk", failing)
-    with pytest.raises(RuntimeError):
-        enqueue_batch(path, rt=rt, publish=False)
-    assert stored(rt) == (500, 1)
-    monkeypatch.setattr(batch_module, "_insert_chunk", real)
-    result = enqueue_batch(path, rt=rt, publish=False)
-    assert result.inserted == 500 and result.already_stored == 500
-    assert stored(rt) == (1000, 1) and batch_counts(rt, result.batch.id) == {"queued": 1000}
+# An import that fails or is killed part-way: tests/test_batch_atomic.py (all or nothing).
 
 
 # --- counters, cancel, retry, export ------------------------------------------------------------

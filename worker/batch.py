@@ -1,4 +1,4 @@
-"""Bulk refunds from a file (CSV or JSON lines): validate every row, store, publish in chunks.
+"""Bulk refunds from a file (CSV or JSON lines): validate every row, store it all or nothing, publish.
 
     from worker.batch import enqueue_batch
     result = enqueue_batch("refunds.csv", name="recall 2026-11")
@@ -10,13 +10,19 @@ only per-row state is a 64-bit hash per key and per invoice, for duplicate detec
    and invoices inside the file are found, and keys that already exist in the database with
    another payload are reported. Each bad row is reported with its row number, field and rule.
    By default nothing is stored when any row is bad; `skip_invalid` stores the valid ones and
-   writes the rejects to a file.
-2. insert: rows go in with Core bulk inserts, `chunk` rows per transaction, each transaction
-   adding the chunk to the batch's counters; after each commit the submit work is published
-   as fan-out messages of `publish_chunk` ids (one message per row is too slow: ~1k/s).
+   writes the rejects to a file. The database is read in blocks, one short connection each.
+2. store, all or nothing: the rows are staged, `batch_chunk` at a time, in a TEMPORARY table of
+   the import's own connection (invisible to everyone else, gone with the connection, even
+   after a SIGKILL), then one write transaction inserts the batch row, every refund and every
+   first event with `INSERT ... SELECT` and commits. Nothing of the batch is visible before that
+   commit. A conflict found there (another producer stored a key or an invoice of this file
+   meanwhile) refuses the whole file with `BatchConflict`, naming each row and key.
+3. publish, only after the commit: the submit work as fan-out messages of `publish_chunk` ids
+   (one message per row is too slow: ~1k/s). A crash before it is covered by next_action_at
+   (set at the commit, database clock, + publish_grace): the dispatcher sends them then.
 
-Re-submitting the same file (same SHA-256) returns the existing batch; when an earlier run
-stopped half-way it resumes (rows already stored with the same payload are skipped).
+Re-submitting the same file (same SHA-256) returns the existing batch. A batch left half-stored
+by a refundq from before atomic imports is completed (rows already stored are skipped).
 Counters move with every transition (store.transition -> store.count_batch_move).
 """
 
@@ -39,13 +45,30 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import structlog
-from sqlalchemy import Connection, String, and_, any_, bindparam, insert, or_, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import IntegrityError
 
 from providers import get_adapter
 from providers.base import Adapter, RefundStatus
 from worker import operator, store
-from worker.models import BATCH_STATUSES, Batch, Refund, batch_table, refund_table, utcnow
+from worker.db import begin_write
+from worker.models import BATCH_STATUSES, Batch, Refund, batch_table, event_table, refund_table, utcnow
 from worker.operator import retry_key  # noqa: F401  (re-exported: batch retry keys)
 from worker.producer import COMPARED_FIELDS, refund_row
 from worker.runtime import Runtime, get_runtime
@@ -88,6 +111,12 @@ class BatchInvalid(ValueError):
         shown = "\n".join(f"  {e}" for e in errors[:50])
         more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
         super().__init__(f"{bad_rows} of {rows} rows are invalid; nothing was stored:\n{shown}{more}")
+
+
+class BatchConflict(BatchInvalid):
+    """Rows that were valid when the file was validated conflict at the commit: another producer
+    stored the same idempotency key, or a refund of the same invoice, meanwhile. The whole file
+    was refused (nothing was stored); submitting it again validates it against what is there now."""
 
 
 @dataclass
@@ -401,52 +430,58 @@ def _validate_file(path: Path, fmt: str, rt: Runtime, progress: Progress | None,
     dup_keys: set[str] = set()
     dup_invoices: set[str] = set()
     pending: list[tuple[int, RefundRequest, str | None]] = []
-    with rt.engine.connect() as conn:
-        for n, item in read_rows(path, fmt):
-            result.rows += 1
-            if isinstance(item, RowError):
-                result.add(item)
-                continue
-            parsed = _parse(item, n, rt)
-            if isinstance(parsed, list):
-                for err in parsed:
-                    result.add(err)
-                continue
-            h = _h(parsed.idempotency_key)
-            if h in seen_keys:
-                dup_keys.add(parsed.idempotency_key)
-            seen_keys.add(h)
-            inv = _invoice(parsed)
-            if inv:
-                hi = _h(f"{parsed.account}\x00{inv}")
-                if hi in seen_invoices:
-                    dup_invoices.add(f"{parsed.account}\x00{inv}")
-                seen_invoices.add(hi)
-            pending.append((n, parsed, inv))
-            block.append(
-                _Spooled(
-                    n,
-                    parsed.idempotency_key,
-                    parsed.provider,
-                    parsed.account,
-                    parsed.amount,
-                    parsed.currency,
-                    parsed.destination,
-                    parsed.fields,
-                    inv,
-                    parsed.deadline_hours,
-                )
-            )
-            if len(pending) >= LOOKUP_CHUNK:
-                _check_db(conn, pending, result)
-                pending.clear()
-                _spool_block(spool, block)
-            if progress and result.rows % 5_000 == 0:
-                progress("validate", result.rows, None)
-        if pending:
+
+    def lookup() -> None:
+        # One short connection per block, none held while the file is parsed: on SQLite a long
+        # read would pin the WAL, and before deferred reads it blocked every worker's write.
+        with rt.engine.connect() as conn:
             _check_db(conn, pending, result)
-        if block:
+        pending.clear()
+
+    for n, item in read_rows(path, fmt):
+        result.rows += 1
+        if isinstance(item, RowError):
+            result.add(item)
+            continue
+        parsed = _parse(item, n, rt)
+        if isinstance(parsed, list):
+            for err in parsed:
+                result.add(err)
+            continue
+        h = _h(parsed.idempotency_key)
+        if h in seen_keys:
+            dup_keys.add(parsed.idempotency_key)
+        seen_keys.add(h)
+        inv = _invoice(parsed)
+        if inv:
+            hi = _h(f"{parsed.account}\x00{inv}")
+            if hi in seen_invoices:
+                dup_invoices.add(f"{parsed.account}\x00{inv}")
+            seen_invoices.add(hi)
+        pending.append((n, parsed, inv))
+        block.append(
+            _Spooled(
+                n,
+                parsed.idempotency_key,
+                parsed.provider,
+                parsed.account,
+                parsed.amount,
+                parsed.currency,
+                parsed.destination,
+                parsed.fields,
+                inv,
+                parsed.deadline_hours,
+            )
+        )
+        if len(pending) >= LOOKUP_CHUNK:
+            lookup()
             _spool_block(spool, block)
+        if progress and result.rows % 5_000 == 0:
+            progress("validate", result.rows, None)
+    if pending:
+        lookup()
+    if block:
+        _spool_block(spool, block)
     if result.rows == 0:
         raise BatchFileError(f"{path.name} holds no refund rows")
     if dup_keys or dup_invoices:
@@ -593,8 +628,10 @@ def enqueue_batch(
 ) -> BatchResult:
     """Validate a whole file of refunds, store it as one batch, publish its submit work.
 
-    Raises BatchFileError (unreadable file) or BatchInvalid (bad rows and not skip_invalid);
-    nothing is stored then. `rejects` (skip_invalid): where the rejected rows go (JSON lines;
+    All or nothing: the batch and every refund of it are committed together, then published.
+    Raises BatchFileError (unreadable file), BatchInvalid (bad rows and not skip_invalid) or
+    BatchConflict (a row another producer took between validation and the commit); nothing is
+    stored then. `rejects` (skip_invalid): where the rejected rows go (JSON lines;
     default: beside the file, `<file>.rejects.jsonl`)."""
     rt = rt or get_runtime()
     spooled = not isinstance(source, str | Path)
@@ -643,13 +680,107 @@ def _refund_ids(n: int) -> list[str]:
 
 
 def _chunk_values(items: list[_Spooled], rt: Runtime, batch_id: str) -> list[dict[str, Any]]:
-    """producer.refund_row for each row, with one clock reading and one urandom call per chunk.
-    exclusive_key(spec) reads the fields, never the refund id, so pass 1's value holds."""
+    """producer.refund_row for each row (plus its row number, for error reports), with one clock
+    reading and one urandom call per chunk. exclusive_key(spec) reads the fields, never the
+    refund id, so pass 1's value holds."""
     now = utcnow()
     return [
-        refund_row(refund_id, item, exclusive_key=item.exclusive_key, settings=rt.settings, now=now, batch_id=batch_id)
+        {
+            **refund_row(
+                refund_id, item, exclusive_key=item.exclusive_key, settings=rt.settings, now=now, batch_id=batch_id
+            ),
+            STAGE_ROW: item.row,
+        }
         for refund_id, item in zip(_refund_ids(len(items)), items, strict=True)
     ]
+
+
+# The staging table: refund's columns without its constraints or indexes, plus the file's row
+# number. TEMPORARY: private to the import's connection and dropped with it, so a crashed or
+# refused import leaves nothing behind and parallel imports never see each other's rows.
+STAGE_ROW = "batch_row"
+STAGE = Table(
+    "refund_stage",
+    MetaData(),
+    *(Column(c.name, c.type) for c in refund_table.columns),
+    Column(STAGE_ROW, Integer),
+    prefixes=["TEMPORARY"],
+)
+
+
+def _stage_chunk(conn: Connection, values: list[dict[str, Any]]) -> None:
+    if conn.dialect.name == "postgresql":
+        store.copy_rows(conn, STAGE, values)  # COPY: several times faster than executemany
+    else:
+        conn.execute(insert(STAGE), values)
+
+
+def _commit_stage(
+    conn: Connection, batch: dict[str, Any] | Batch, columns: list[str], staged: int, reason: str, publish_grace: float
+) -> None:
+    """In the caller's write transaction: the batch row (new, or a legacy half batch's counter),
+    then every staged refund and its first event. `next_action_at` is set here, on the database
+    clock: publish_grace counts from the commit, not from when the chunk was built (a large
+    import takes longer than the grace). `columns`: those refund_row set; the others keep their
+    defaults (claim's is the server's)."""
+    if isinstance(batch, Batch):
+        conn.execute(update(batch_table).where(B.id == batch.id).values(n_queued=B.n_queued + staged))
+    else:
+        conn.execute(insert(batch_table).values(**{**batch, "total": staged, "n_queued": staged}))
+    if not staged:
+        return
+    due = store.db_time(conn, publish_grace)
+    values = [due.label(c) if c == "next_action_at" else STAGE.c[c] for c in columns]
+    conn.execute(insert(refund_table).from_select(columns, select(*values)))
+    E = event_table.c
+    first_event = select(
+        STAGE.c.id,
+        literal(None, E.from_status.type),
+        STAGE.c.status,
+        literal(reason, E.reason.type),
+        literal(utcnow(), E.created_at.type),
+    )
+    conn.execute(
+        insert(event_table).from_select(["refund_id", "from_status", "to_status", "reason", "created_at"], first_event)
+    )
+
+
+def _conflicts(conn: Connection) -> list[RowError]:
+    """After a refused commit: which staged rows collide with a refund stored meanwhile (the same
+    key, or the same invoice of the same account), by row number, first MAX_REPORTED."""
+    by_key = conn.execute(
+        select(STAGE.c[STAGE_ROW], STAGE.c.idempotency_key, R.id)
+        .join(refund_table, R.idempotency_key == STAGE.c.idempotency_key)
+        .order_by(STAGE.c[STAGE_ROW])
+        .limit(MAX_REPORTED)
+    ).all()
+    by_invoice = conn.execute(
+        select(STAGE.c[STAGE_ROW], STAGE.c.idempotency_key, STAGE.c.exclusive_key, R.idempotency_key.label("holder"))
+        .join(refund_table, (R.account == STAGE.c.account) & (R.exclusive_key == STAGE.c.exclusive_key))
+        .order_by(STAGE.c[STAGE_ROW])
+        .limit(MAX_REPORTED)
+    ).all()
+    errors = {
+        r[0]: RowError(
+            r[0],
+            "idempotency_key",
+            f"{r.idempotency_key} was stored by another producer during this import (refund {r.id})",
+            r.idempotency_key,
+        )
+        for r in by_key
+    }
+    for r in by_invoice:
+        errors.setdefault(
+            r[0],
+            RowError(
+                r[0],
+                "fields",
+                f"{r.exclusive_key} was given a refund (key {r.holder}) by another producer during this import; "
+                f"this provider allows one refund per invoice (row key {r.idempotency_key})",
+                r.idempotency_key,
+            ),
+        )
+    return [errors[n] for n in sorted(errors)]
 
 
 def _store(
@@ -664,53 +795,94 @@ def _store(
 ) -> BatchResult:
     settings = rt.settings
     skip = checked.bad_rows | checked.existing
-    if existing is None:
-        values = _new_batch_values(name, source_hash, checked.to_insert)
-        with rt.engine.begin() as conn:
-            conn.execute(insert(batch_table).values(**values))
-        batch = Batch.model_validate(values)
-    else:
-        batch = existing  # resume: the rows the earlier run stored are in checked.existing
-    batch_id = batch.id
-    result = BatchResult(batch, created=existing is None)
-    result.rows, result.already_stored = checked.rows, len(checked.existing)
-    chunk: list[_Spooled] = []
+    # A new batch row, inserted at the commit; or a legacy half batch (stored before atomic
+    # imports), whose counters the commit raises.
+    target = existing if existing is not None else _new_batch_values(name, source_hash, checked.to_insert)
+    batch_id = target.id if isinstance(target, Batch) else target["id"]
+    staged = 0
+    columns: list[str] = []
     reason = f"accepted in batch {batch_id}"
+    # One connection for the whole import: the staging table lives in its session. It is never
+    # returned to the pool (invalidated below), so no pooled session keeps a staging table.
+    conn = rt.engine.connect()
+    try:
+        STAGE.create(conn)
+        conn.commit()
 
-    def write(values: list[dict[str, Any]]) -> None:
-        with rt.engine.begin() as conn:
-            _insert_chunk(conn, batch_id, values, reason)
-        result.inserted += len(values)
-        if publish:
-            result.published += publish_submits([v["id"] for v in values], settings.batch_publish_chunk)
-        if progress:
-            progress("insert", result.inserted, checked.to_insert)
+        def stage(values: list[dict[str, Any]]) -> None:
+            nonlocal staged
+            if not columns:
+                columns.extend(c for c in values[0] if c != STAGE_ROW)
+            # Its own transaction, begun through SQLAlchemy (COPY goes around it on PostgreSQL), so
+            # the staged rows outlive a refused commit for _conflicts. SQLite: deferred; writes to
+            # a TEMP table take no lock on the main database.
+            with conn.begin():
+                _stage_chunk(conn, values)
+            staged += len(values)
+            if progress:
+                progress("insert", staged, checked.to_insert)
 
-    # One writer thread: chunk k is written (the database works, the GIL is free) while chunk k+1
-    # is read from the spool and built. At most one chunk in flight and one being built: memory
-    # stays bounded, and a failed chunk stops the import before the next one is written.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refundq-batch-writer") as writer:
-        in_flight: Future[None] | None = None
-        for item in _spooled(spool):
-            if item[0] in skip:
-                continue
-            chunk.append(item)
-            if len(chunk) >= settings.batch_chunk:
-                if in_flight is not None:
-                    in_flight.result()
-                built = _chunk_values(chunk, rt, batch_id)
-                if in_flight is not None:
-                    in_flight.result()
-                in_flight, chunk = writer.submit(write, built), []
-        if in_flight is not None:
-            in_flight.result()
+        # One writer thread: chunk k is staged (the database works, the GIL is free) while chunk
+        # k+1 is read from the spool and built. Only the writer uses `conn` until it is done.
+        chunk: list[_Spooled] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refundq-batch-writer") as writer:
+            in_flight: Future[None] | None = None
+            for item in _spooled(spool):
+                if item[0] in skip:
+                    continue
+                chunk.append(item)
+                if len(chunk) >= settings.batch_chunk:
+                    built = _chunk_values(chunk, rt, batch_id)
+                    if in_flight is not None:
+                        in_flight.result()
+                    in_flight, chunk = writer.submit(stage, built), []
+            if in_flight is not None:
+                in_flight.result()
         if chunk:
-            write(_chunk_values(chunk, rt, batch_id))
-    with rt.engine.connect() as conn:
+            stage(_chunk_values(chunk, rt, batch_id))
+        try:
+            with begin_write(conn):  # the one write transaction: all of it, or nothing
+                _commit_stage(conn, target, columns, staged, reason, settings.publish_grace)
+        except IntegrityError:
+            if existing is None:
+                other = _batch_by_hash(conn, source_hash)
+                if other is not None:  # the same file, imported by another run meanwhile
+                    conn.rollback()
+                    return BatchResult(other, created=False, rows=checked.rows)
+            errors = _conflicts(conn)
+            conn.rollback()
+            if not errors:
+                raise
+            raise BatchConflict(errors, len(errors), checked.rows) from None
+        result = BatchResult(target if isinstance(target, Batch) else Batch.model_validate(target), existing is None)
+        result.rows, result.already_stored, result.inserted = checked.rows, len(checked.existing), staged
+        if publish:
+            result.published = _publish_staged(conn, settings.batch_publish_chunk, progress, staged)
         stored = get_batch(conn, batch_id)
-    assert stored is not None
-    result.batch = stored
-    return result
+        assert stored is not None
+        result.batch = stored
+        return result
+    finally:
+        conn.invalidate()  # the session, and its staging table, end here
+        conn.close()
+
+
+def _publish_staged(conn: Connection, chunk: int, progress: Progress | None, total: int) -> int:
+    """After the commit: the submit work of every staged refund, read back from the staging
+    table in blocks (memory stays bounded). Stops at the first failed block: the broker is down,
+    and the rows' next_action_at makes the dispatcher deliver them."""
+    published = 0
+    rows = conn.execute(select(STAGE.c.id).execution_options(yield_per=10_000))
+    for block in rows.partitions():
+        sent = publish_submits([r.id for r in block], chunk)
+        if not sent:
+            break
+        published += sent
+        if progress:
+            progress("publish", published, total)
+    rows.close()
+    conn.rollback()  # end the read transaction
+    return published
 
 
 # --- retry and cancel ----------------------------------------------------------------------------

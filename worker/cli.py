@@ -481,7 +481,8 @@ def batch_submit(
 
         def progress(phase: str, done: int, total: int | None) -> None:
             if phase not in tasks:
-                tasks[phase] = bar.add_task("validating" if phase == "validate" else "storing", total=total)
+                label = {"validate": "validating", "publish": "publishing"}.get(phase, "storing")
+                tasks[phase] = bar.add_task(label, total=total)
             bar.update(tasks[phase], completed=done, total=total)
 
         try:

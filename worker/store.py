@@ -10,7 +10,7 @@ from decimal import Decimal
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Connection, Row, func, insert, select, update
+from sqlalchemy import JSON, ColumnElement, Connection, Row, Table, func, insert, select, update
 
 from config.logging import scrub
 from providers.base import RefundStatus
@@ -131,13 +131,28 @@ def insert_refunds(conn: Connection, rows: Sequence[Mapping[str, Any]], *, reaso
 def copy_refunds(conn: Connection, rows: Sequence[Mapping[str, Any]], *, reason: str = "accepted") -> None:
     """PostgreSQL only: what insert_refunds does (the refunds and their first events) with COPY
     through the raw psycopg connection, inside the caller's transaction: several times faster
-    than executemany for thousands of rows. Every row must have the keys of the first. The
-    column types' rules hold here too: money must be Decimal (sent exactly, never through
-    float), datetimes aware; JSON columns go through the engine's serializer."""
+    than executemany for thousands of rows."""
+    if not rows:
+        return
+    copy_rows(conn, refund_table, rows)
+    now = utcnow()
+    dbapi = conn.connection.driver_connection
+    assert dbapi is not None
+    events = "COPY refund_event (refund_id, from_status, to_status, reason, created_at) FROM STDIN"
+    with dbapi.cursor() as cur, cur.copy(events) as copy:
+        for r in rows:
+            copy.write_row((r["id"], None, r["status"], reason, now))
+
+
+def copy_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """PostgreSQL only: COPY `rows` into `table` through the raw psycopg connection, inside the
+    caller's transaction. Every row must have the keys of the first. The column types' rules
+    hold here too: money must be Decimal (sent exactly, never through float), datetimes aware;
+    JSON columns go through the engine's serializer."""
     if not rows:
         return
     if conn.dialect.name != "postgresql":
-        raise ValueError("copy_refunds needs PostgreSQL; use insert_refunds")
+        raise ValueError("copy_rows needs PostgreSQL; use an executemany insert")
     dumps = conn.dialect._json_serializer or json.dumps
     empty = dumps({})
 
@@ -165,22 +180,17 @@ def copy_refunds(conn: Connection, rows: Sequence[Mapping[str, Any]], *, reason:
 
     columns = list(rows[0])
     get = itemgetter(*columns)
-    converters = [(i, f) for i, f in enumerate(converter(refund_table.c[c]) for c in columns) if f is not None]
-    now = utcnow()
+    converters = [(i, f) for i, f in enumerate(converter(table.c[c]) for c in columns) if f is not None]
     names = ", ".join(f'"{c}"' for c in columns)
     dbapi = conn.connection.driver_connection
     assert dbapi is not None
-    with dbapi.cursor() as cur:
-        with cur.copy(f"COPY refund ({names}) FROM STDIN") as copy:
-            for r in rows:
-                row = list(get(r)) if len(columns) > 1 else [get(r)]
-                for i, f in converters:
-                    if row[i] is not None:
-                        row[i] = f(row[i])
-                copy.write_row(row)
-        with cur.copy("COPY refund_event (refund_id, from_status, to_status, reason, created_at) FROM STDIN") as copy:
-            for r in rows:
-                copy.write_row((r["id"], None, r["status"], reason, now))
+    with dbapi.cursor() as cur, cur.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
+        for r in rows:
+            row = list(get(r)) if len(columns) > 1 else [get(r)]
+            for i, f in converters:
+                if row[i] is not None:
+                    row[i] = f(row[i])
+            copy.write_row(row)
 
 
 def transition(
