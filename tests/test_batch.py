@@ -1,4 +1,4 @@
-"""Bulk batches (worker/batch.py): validation of whole files, exact counters, retry, cancel, export,
+"""Bulk batches (worker/batch/): validation of whole files, exact counters, retry, cancel, export,
 the CLI, and (integration) a batch across the four providers reaching final statuses.
 
 REFUNDQ_FULL=1 runs the end-to-end batch with 10,000 rows (the issue's figure) instead of 400."""

@@ -1,4 +1,4 @@
-"""Batches are all or nothing (worker/batch.py), and on SQLite reads never hold up a worker's write
+"""Batches are all or nothing (worker/batch/), and on SQLite reads never hold up a worker's write
 (worker/db.py): a SIGKILL mid-import, a row taken by another producer between validation and the
 commit, a long read or a validation pass running beside a worker's transition."""
 
@@ -88,7 +88,7 @@ def test_a_sigkill_mid_import_stores_nothing_and_the_same_command_then_completes
 ) -> None:
     n, chunk = 20_000, 1_000
     path = write_csv(tmp_path / "kill.csv", rows(n, f"kill-{time.time_ns()}"))
-    root = Path(worker.batch.__file__).resolve().parents[1]
+    root = Path(worker.batch.__file__).resolve().parents[2]  # worker/batch/__init__.py
     env = {**os.environ, **settings_env(empty_db, accounts_file, batch_chunk=chunk, log_level="WARNING")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     child = subprocess.Popen(
@@ -169,7 +169,7 @@ def test_a_failure_while_storing_stores_nothing_and_a_rerun_completes(
 ) -> None:
     rt = make_runtime(sqlite_url, accounts_file, batch_chunk=250)
     path = write_csv(tmp_path / "fail.csv", list(rows(1000, "fail")))
-    real = worker.batch._chunk_values  # builds each chunk's rows, before it is stored
+    real = worker.batch.importer._chunk_values  # builds each chunk's rows, before it is stored
     calls = 0
 
     def failing(*args: Any, **kwargs: Any) -> Any:
@@ -179,11 +179,11 @@ def test_a_failure_while_storing_stores_nothing_and_a_rerun_completes(
             raise RuntimeError("out of memory")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(worker.batch, "_chunk_values", failing)
+    monkeypatch.setattr(worker.batch.importer, "_chunk_values", failing)
     with pytest.raises(RuntimeError):
         enqueue_batch(path, rt=rt, publish=False)
     assert stored(rt) == (0, 0, 0)
-    monkeypatch.setattr(worker.batch, "_chunk_values", real)
+    monkeypatch.setattr(worker.batch.importer, "_chunk_values", real)
     result = enqueue_batch(path, rt=rt, publish=False)
     assert (result.created, result.inserted, result.already_stored) == (True, 1000, 0)
     assert stored(rt) == (1000, 1, 1000)

@@ -11,7 +11,7 @@ Even then, a late answer (what a superseded claim was told, store.late_answers) 
 provider accepted a send under another record blocks it. `needs_attention` is never retried
 directly: the provider may hold it; `refund resolve` first. Everything else is open or paid.
 
-worker/operator.py and worker/batch.py `retry` apply it; the README documents it.
+worker/operator.py and worker/batch/retry.py apply it; the README documents it.
 """
 
 from __future__ import annotations

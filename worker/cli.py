@@ -451,7 +451,7 @@ def refund_cancel(
     console.print(_shown(f"{done.refund_id} cancelled"))
 
 
-# --- bulk batches and reconciliation (worker/batch.py, worker/reconcile.py) -----------------------
+# --- bulk batches and reconciliation (worker/batch/, worker/reconcile.py) -----------------------
 
 batch_app = typer.Typer(help="Bulk refunds from a CSV or JSON-lines file.", no_args_is_help=True)
 app.add_typer(batch_app, name="batch")

@@ -6,7 +6,7 @@ one) whose `detail.request_id_of` holds the id the provider knows the old attemp
 that deduplicates by refundq's id (Cobo `request_id`) is sent that id again, so it can never pay
 the same refund twice even if the rule's evidence was wrong. Not when the provider keeps a failed
 record under that id (actions.provider_keeps_record): it would refuse the retry forever.
-worker/batch.py `retry` uses the same helpers per page.
+worker/batch/retry.py uses the same helpers per page.
 """
 
 from __future__ import annotations
