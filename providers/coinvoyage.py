@@ -2,9 +2,15 @@
 
 Pure: builds `Request`s and parses `Response`s, no I/O. Wire format: shared/providers/coinvoyage.md.
 
-Signing (coinvoyage.md §2, vectors README §6): `Authorization: APIKey=<key>,signature=<sig>,timestamp=<s>`
-with the timestamp in Unix **seconds** (the worker's nonce, `NoncePolicy.TIMESTAMP` / `NonceUnit.S`).
-The account option `signature_scheme` picks the recipe:
+Headers (coinvoyage.md §1): `X-API-KEY: <api_key>` on every call. Writes (the refund create) and the list
+(`GET /pay-orders`, privileged) also carry the signature header `Authorization: APIKey=<key>,signature=<sig>,
+timestamp=<s>`; a single pay-order read (`GET /pay-orders/{id}`) is authenticated by `X-API-KEY` alone (openapi
+2.2.0 read security), so it is not signed. The signature header's name is the account option
+`signature_header` (default `Authorization`, spec §9: openapi 2.2.0 names the parameter
+`Authorization-Signature`, which looks like a generator artefact; the prose docs and the SDK say `Authorization`).
+
+Signing (coinvoyage.md §2, vectors README §6): the timestamp is Unix **seconds** (the worker's nonce,
+`NoncePolicy.TIMESTAMP` / `NonceUnit.S`). The account option `signature_scheme` picks the recipe:
 - `hmac_sha256_method_path_timestamp` (default, current docs): hex HMAC-SHA256(api_secret,
   METHOD + PATH + timestamp); the body is not signed;
 - `sha512_key_secret_timestamp_legacy` (older docs): hex SHA-512(api_key + api_secret + timestamp).
@@ -18,14 +24,28 @@ Assumptions taken from the spec's "Unknown / assumptions" section (§9) and the 
 - No idempotency key exists: each create makes a new REFUND PayOrder. refundq's refund id travels in
   `metadata.refundq_refund_id`, and the lookup lists pay-orders (`GET /pay-orders?limit=100`, the
   documented maximum page) and matches on it, paging with `offset` (LookupNextPage) until it finds the
-  order, reaches a short page, or reaches orders older than the refund (minus 10 minutes of clock skew).
+  order, reaches the end of the list, or reaches orders older than the refund (minus 10 minutes of clock
+  skew). The end of the list: a short page, or `offset + len(data) >= total_count` (the list's total,
+  read from `pagination.total_count` or a top-level `total_count`); a `total_count` saying more orders
+  remain beats a short page (the next page is asked for, never "absent" on a contradiction).
   Assumption: the list is newest first. "Absent" (which allows a resend) is never said on a guess.
   `limit`/`offset` are the only documented list parameters, so
   no server-side filter is sent; REFUND orders are picked client-side.
-- The request body is the flat form of the spec (`amount`, `asset`, `receiving_address`, `metadata`).
-  Amounts are JSON numbers written from the Decimal text, never through float.
-- Error codes are not catalogued: 401/403 -> AUTH, 429 -> RATE_LIMITED, 503 with an empty body ->
-  RETRYABLE, other 5xx -> AMBIGUOUS on a create (RETRYABLE on reads), other 4xx -> REJECTED. Both error
+- The request body is openapi 2.2.0 `RefundRequest` (spec §1, corrected):
+  `{"intent": {"amount": {"fiat": {"amount", "unit"}} | {"token_amount"}, "asset": {"address", "chain_id"},
+  "receiving_address"}, "metadata": {"refundq_refund_id": <refund id>}}`. Amounts are JSON numbers written
+  from the Decimal text, never through float.
+- A second refund of a pay-order is answered 422 "PayOrder not completed or already refunded". The answer
+  cannot tell whether the existing refund is ours (an earlier send of this refund whose answer was lost, or
+  that the lookup had not seen yet) or someone else's, or whether the pay-order was never completed. So a
+  422 on a create is AMBIGUOUS, like CoinCorner's "already refunded": the worker looks the refund up by
+  `metadata.refundq_refund_id` before anything else and tracks the order when it is ours. When the lookup
+  proves it absent, a resend gets the same 422 and the refund reaches `max_attempts` / its deadline and
+  goes to an operator - it is never marked rejected while a refund order of ours might exist. A 422 on a
+  read is REJECTED like any other 4xx.
+- Error codes are not catalogued: 401/403 -> AUTH, 429 -> RATE_LIMITED, 422 on a create -> AMBIGUOUS (above),
+  503 with an empty body -> RETRYABLE, other 5xx -> AMBIGUOUS on a create (RETRYABLE on reads), other 4xx ->
+  REJECTED. Both error
   shapes seen in the docs are read: `{error: {path, statusCode, status, message}}` (SDK) and
   `{error, message, code}` (openapi.json).
 - A REFUND order is a payment the merchant makes: `AWAITING_PAYMENT` is ACTION_REQUIRED with the
@@ -33,6 +53,19 @@ Assumptions taken from the spec's "Unknown / assumptions" section (§9) and the 
   deadline, when the order turns `EXPIRED` (FAILED).
 - Webhooks: `CoinVoyage-Webhook-Signature` = base64 HMAC-SHA256(webhook_secret, raw body), compared in
   constant time; the payload's `status` is mapped when present, else the event type when it names one.
+
+Amounts (spec §6): a pay-order reports `fulfillment.amount` = `{raw_amount, ui_amount, ui_amount_display,
+value_usd}` in **token units** of `fulfillment.asset` (`id, name, ticker, decimals`, ...). The token amount is
+`raw_amount` / 10**`decimals` (exact, as §6 recommends; `ui_amount_display` only when those are missing). What
+the worker's integrity check compares (`detail["amount"]`/`["currency"]`) is only ever in the refund's own unit:
+- a token refund (`amount_kind` "token"): the token amount, and the asset's ticker as the currency;
+- a fiat refund in USD: `value_usd`, rounded to cents (a fiat refund has 2 places), currency "USD".
+  Assumption (the spec lists `value_usd` without saying whether it is the order's quote or a live valuation):
+  a fiat-intent REFUND order is priced once, when it is created, so its `value_usd` is the requested amount;
+- a fiat refund in another currency: nothing is comparable, so no amount or currency is reported (the
+  destination still is).
+The token amount, ticker and `value_usd` are always in `detail` (`token_amount`, `token`, `value_usd`) for the
+record. Comparing `ui_amount_display` with a fiat request (as before) would flag every fiat refund as drift.
 
 Statuses: a REFUND pay-order is a refund record, so `STATUS_TABLE` holds REFUND entries only (one per
 documented PayOrder status, spec §1 "PayOrder statuses"); poll, lookup, submit and webhooks all read it.
@@ -56,7 +89,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, TypedDict
 from urllib.parse import quote
@@ -99,6 +132,9 @@ LOOKUP_PATH = f"/pay-orders?limit={LOOKUP_PAGE_SIZE}"
 LOOKUP_CLOCK_SKEW = timedelta(minutes=10)
 METADATA_KEY = "refundq_refund_id"
 WEBHOOK_HEADER = "CoinVoyage-Webhook-Signature"
+API_KEY_HEADER = "X-API-KEY"
+DEFAULT_SIGNATURE_HEADER = "Authorization"
+MAX_DECIMALS = 36  # a token's `decimals` beyond this is not believed
 
 FIAT_PLACES = 2
 TOKEN_PLACES = 18
@@ -205,10 +241,16 @@ class Asset(TypedDict):
     chain_id: int
 
 
-class RefundBody(TypedDict):
+class RefundIntent(TypedDict):
     amount: RefundAmount
     asset: Asset
     receiving_address: str
+
+
+class RefundBody(TypedDict):
+    """openapi 2.2.0 `RefundRequest`: `intent` required, `metadata` free JSON beside it."""
+
+    intent: RefundIntent
     metadata: dict[str, str]
 
 
@@ -303,6 +345,9 @@ def classify_error(resp: Response, *, submit: bool) -> ProviderError:
         kind = ErrorKind.AUTH
     elif status == 429:
         kind = ErrorKind.RATE_LIMITED
+    elif status == 422 and submit:
+        # "PayOrder not completed or already refunded": possibly by an earlier send of ours -> look it up.
+        kind = ErrorKind.AMBIGUOUS
     elif status == 503 and not resp.body.strip():
         kind = ErrorKind.RETRYABLE  # a gateway refused it before the API saw it
     elif 400 <= status < 500:
@@ -317,6 +362,7 @@ def classify_error(resp: Response, *, submit: bool) -> ProviderError:
 
 _FIELDS = ("payorder_id", "chain_id", "asset_address", "amount_kind")
 _CURRENCY = re.compile(r"[A-Z]{3}")  # fullmatch: `$` takes a trailing newline
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an RFC 9110 token
 
 
 def _scheme(account: Account) -> str:
@@ -324,6 +370,10 @@ def _scheme(account: Account) -> str:
     if scheme not in SCHEMES:
         raise AccountConfigError(f"account {account.name!r}: unknown signature_scheme {scheme!r}")
     return str(scheme)
+
+
+def _signature_header(account: Account) -> str:
+    return str(account.option("signature_header", DEFAULT_SIGNATURE_HEADER))
 
 
 def _refund_path(account: Account) -> str:
@@ -335,23 +385,67 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def _reported(order: PayOrder) -> dict[str, Any]:
-    """Amount (as reported), destination, currency and links for integrity checks."""
+def _decimal(value: Any) -> Decimal | None:
+    if value is None or isinstance(value, bool | float):
+        return None
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def token_amount(amount: Mapping[str, Any], asset: Mapping[str, Any]) -> Decimal | None:
+    """The amount in token units: `raw_amount` / 10**`decimals` (exact), else `ui_amount_display`/`ui_amount`."""
+    raw, decimals = amount.get("raw_amount"), asset.get("decimals")
+    if (
+        isinstance(raw, str)
+        and raw.isascii()
+        and raw.isdigit()
+        and isinstance(decimals, int)
+        and not isinstance(decimals, bool)
+        and 0 <= decimals <= MAX_DECIMALS
+    ):
+        return Decimal(raw).scaleb(-decimals)
+    display = amount.get("ui_amount_display")
+    return _decimal(display if display not in (None, "") else amount.get("ui_amount"))
+
+
+def _reported(order: PayOrder, spec: RefundSpec | None = None) -> dict[str, Any]:
+    """Amount and currency in the refund's own unit (see the module docstring), destination, the token
+    amount as reported, and links, for integrity checks. Without a spec (no requested unit known), no
+    amount or currency is reported."""
     detail: dict[str, Any] = {}
     fulfillment = order.get("fulfillment")
     fulfillment = fulfillment if isinstance(fulfillment, dict) else {}
     payment = order.get("payment")
     payment = payment if isinstance(payment, dict) else {}
     amount = fulfillment.get("amount")
-    if isinstance(amount, dict) and amount.get("ui_amount_display") is not None:
-        detail["amount"] = str(amount["ui_amount_display"])
+    amount = amount if isinstance(amount, dict) else {}
+    asset = fulfillment.get("asset")
+    asset = asset if isinstance(asset, dict) else {}
+    tokens = token_amount(amount, asset)
+    ticker = asset.get("ticker") if isinstance(asset.get("ticker"), str) and asset.get("ticker") else None
+    value_usd = _decimal(amount.get("value_usd"))
+    if tokens is not None:
+        detail["token_amount"] = format(tokens, "f")
+    if ticker:
+        detail["token"] = ticker
+    if value_usd is not None:
+        detail["value_usd"] = format(value_usd, "f")
+    if spec is not None:
+        if spec.fields.get("amount_kind", "fiat") == "token":
+            if tokens is not None:
+                detail["amount"] = format(tokens, "f")
+            if ticker:
+                detail["currency"] = ticker
+        elif spec.currency.upper() == "USD" and value_usd is not None:
+            cents = value_usd.quantize(Decimal(1).scaleb(-FIAT_PLACES), rounding=ROUND_HALF_EVEN)
+            detail["amount"] = format(cents, "f")
+            detail["currency"] = "USD"
     destination = fulfillment.get("receiving_address") or payment.get("receiving_address")
     if destination:
         detail["destination"] = destination
-    asset = fulfillment.get("asset")
-    currency = fulfillment.get("fiat") or (asset.get("ticker") if isinstance(asset, dict) else None)
-    if currency:
-        detail["currency"] = currency
     for key in ("destination_tx_hash", "refund_tx_hash", "refunded_reason"):
         if payment.get(key):
             detail[key] = payment[key]
@@ -360,11 +454,12 @@ def _reported(order: PayOrder) -> dict[str, Any]:
     return detail
 
 
-def to_status(order: PayOrder) -> StatusResult:
-    """A REFUND PayOrder -> StatusResult (raises UnmappedStatusError on an undocumented status)."""
+def to_status(order: PayOrder, spec: RefundSpec | None = None) -> StatusResult:
+    """A REFUND PayOrder -> StatusResult (raises UnmappedStatusError on an undocumented status). `spec`:
+    the refund it answers, whose unit the reported amount is given in."""
     raw = str(order.get("status"))
     status = map_status(raw)
-    detail = _reported(order)
+    detail = _reported(order, spec)
     reason = STATUS_REASONS.get(raw)
     if status == RefundStatus.ACTION_REQUIRED and "hosted_url" in detail:
         detail["action_url"] = detail["hosted_url"]
@@ -396,6 +491,8 @@ class CoinVoyageAdapter:
         path = _refund_path(account)
         if not path.startswith("/") or "{payorder_id}" not in path:
             errors.append(FieldError("account.refund_path", "must start with / and contain {payorder_id}"))
+        if not _HEADER_NAME.fullmatch(_signature_header(account)):
+            errors.append(FieldError("account.signature_header", "must be an HTTP header name"))
         errors += [FieldError(k, "unknown field for coinvoyage") for k in spec.fields if k not in _FIELDS]
         for name in self.required_fields:
             if spec.fields.get(name) in (None, ""):
@@ -439,19 +536,25 @@ class CoinVoyageAdapter:
         else:
             amount = {"fiat": {"amount": spec.amount, "unit": spec.currency}}
         return {
-            "amount": amount,
-            "asset": {"address": spec.fields.get("asset_address"), "chain_id": int(spec.fields["chain_id"])},
-            "receiving_address": spec.destination,
+            "intent": {
+                "amount": amount,
+                "asset": {"address": spec.fields.get("asset_address"), "chain_id": int(spec.fields["chain_id"])},
+                "receiving_address": spec.destination,
+            },
             "metadata": {METADATA_KEY: spec.refund_id},
         }
 
-    def _request(self, account: Account, method: str, path: str, nonce: int, body: bytes | None) -> Request:
+    def _request(
+        self, account: Account, method: str, path: str, nonce: int, body: bytes | None, *, signed: bool = True
+    ) -> Request:
+        """`X-API-KEY` always; the signature header on writes and the list (`signed`), not on single reads."""
         if not 0 < nonce < _MAX_SECONDS:
             raise ValueError("coinvoyage: the nonce is a Unix timestamp in seconds")
-        signed = sign_request(
-            _scheme(account), account.secret("api_key"), account.secret("api_secret"), nonce, method, path
-        )
-        headers = {"Authorization": signed.header, "Accept": "application/json"}
+        api_key = account.secret("api_key")
+        headers = {API_KEY_HEADER: api_key, "Accept": "application/json"}
+        if signed:
+            signature = sign_request(_scheme(account), api_key, account.secret("api_secret"), nonce, method, path)
+            headers[_signature_header(account)] = signature.header
         if body is not None:
             headers["Content-Type"] = "application/json"
         return Request(method, account.base_url + path, headers, body)
@@ -464,7 +567,8 @@ class CoinVoyageAdapter:
     def build_status(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
         if not spec.provider_refund_id:
             raise ValueError("coinvoyage: no refund pay-order id yet; use build_lookup")
-        return self._request(account, "GET", f"/pay-orders/{_segment(spec.provider_refund_id)}", nonce, None)
+        path = f"/pay-orders/{_segment(spec.provider_refund_id)}"
+        return self._request(account, "GET", path, nonce, None, signed=False)
 
     def build_lookup(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
         offset = spec.lookup_page * LOOKUP_PAGE_SIZE
@@ -487,7 +591,7 @@ class CoinVoyageAdapter:
             raise ProviderError(
                 ErrorKind.AMBIGUOUS, "CoinVoyage: the pay-order carries another refund id", http_status=200
             )
-        return to_status(data)
+        return to_status(data, spec)
 
     def parse_status(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult:
         if not 200 <= resp.status_code < 300:
@@ -499,7 +603,7 @@ class CoinVoyageAdapter:
             or (spec.provider_refund_id and data["id"] != spec.provider_refund_id)
         ):
             raise ProviderError(ErrorKind.RETRYABLE, "CoinVoyage: not our REFUND pay-order", http_status=200)
-        return to_status(data)
+        return to_status(data, spec)
 
     def parse_lookup(self, spec: RefundSpec, account: Account, resp: Response) -> StatusResult | None:
         """None only after a complete scan (see the module docstring); LookupNextPage while a later page may
@@ -521,10 +625,10 @@ class CoinVoyageAdapter:
         if not matches:
             # "Absent" allows a resend, and CoinVoyage has no idempotency key: say it only when no
             # later page can hold our order (a short page, or orders older than our refund).
-            if len(orders) < LOOKUP_PAGE_SIZE or _older_than(orders, spec.created_at):
+            if _list_ends_here(data, orders, spec.lookup_page) or _older_than(orders, spec.created_at):
                 return None
             raise LookupNextPage(spec.lookup_page + 1)
-        result = to_status(matches[0])
+        result = to_status(matches[0], spec)
         if len(matches) > 1:
             # No idempotency key at CoinVoyage: more than one order means a double create. The worker reads
             # `others`; the reason says it to a person too.
@@ -563,6 +667,25 @@ class CoinVoyageAdapter:
 ADAPTER = CoinVoyageAdapter()
 if TYPE_CHECKING:
     _conforms: Adapter = ADAPTER  # mypy checks the adapter against the protocol here
+
+
+def total_count(data: Mapping[str, Any]) -> int | None:
+    """The list's total: `pagination.total_count`, else a top-level `total_count` (spec §1); None if absent."""
+    pagination = data.get("pagination")
+    for holder in (pagination if isinstance(pagination, dict) else {}, data):
+        value = holder.get("total_count")
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def _list_ends_here(data: Mapping[str, Any], orders: list[Any], page: int) -> bool:
+    """No later page exists: the total says so, else (no total) a short page does. A total saying more
+    orders remain wins over a short page (never "absent" on a contradiction)."""
+    total = total_count(data)
+    if total is not None:
+        return page * LOOKUP_PAGE_SIZE + len(orders) >= total
+    return len(orders) < LOOKUP_PAGE_SIZE
 
 
 def _older_than(orders: list[Any], created_at: datetime | None) -> bool:

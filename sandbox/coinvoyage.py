@@ -1,17 +1,31 @@
 """CoinVoyage emulator, mounted at /coinvoyage: `POST /v2/pay-orders/{id}/refund`,
 `GET /v2/pay-orders/{id}`, `GET /v2/pay-orders` (list, `limit` <= 100 and `offset`, newest first).
 
-- Auth: every call carries `Authorization: APIKey=..,signature=..,timestamp=..`. The account is found by
-  its APIKey among the coinvoyage accounts and the signature is recomputed with the production signer
-  (providers/coinvoyage.py) under that account's `signature_scheme`, over METHOD + the path relative to
-  `/v2` as sent (query included) + timestamp. A timestamp outside `timestamp_window_ms` or a wrong
-  signature answers 401 in CoinVoyage's error shape `{error: {path, statusCode, status, message}}`.
+- Auth (coinvoyage.md §1): every call carries `X-API-KEY`; the account is found by it among the coinvoyage
+  accounts (missing or unknown -> 401). `GET /pay-orders/{id}` needs nothing more. The create and the list
+  also need the signature header (the account's `signature_header` option, default `Authorization`):
+  `APIKey=..,signature=..,timestamp=..`, whose APIKey must be the X-API-KEY; the signature is recomputed
+  with the production signer (providers/coinvoyage.py) under that account's `signature_scheme`, over
+  METHOD + the path relative to `/v2` as sent (query included) + timestamp. A timestamp outside
+  `timestamp_window_ms` or a wrong signature answers 401 in CoinVoyage's error shape
+  `{error: {path, statusCode, status, message}}`.
+- The create takes openapi 2.2.0 `RefundRequest`: `{"intent": {"amount", "asset", "receiving_address"},
+  "metadata"}`; a body without `intent` (the old flat form) answers 400 "intent is required".
+- One refund per pay-order: a create for a pay-order that already has a REFUND order (not FAILED, EXPIRED
+  or REFUNDED) answers 422 "PayOrder not completed or already refunded", checked when the create
+  arrives (a DELAYED_EXECUTION create still pending then is not seen, see below).
+- Pay-orders report real amount shapes: `fulfillment.amount` = `{raw_amount, ui_amount, ui_amount_display,
+  value_usd}` in token units of `fulfillment.asset` (`id, name, ticker, decimals, address, chain_id`):
+  a native Solana refund pays SOL (9 decimals, 150 USD), another chain's native coin ETH (18, 3000 USD), a
+  token address USDC (6, 1 USD). A fiat intent is priced once: the token amount is the fiat value / price
+  (rounded down to the token's decimals) and `value_usd` the requested fiat value; a token intent reports
+  that token amount and its USD value in cents. The list's total is `pagination.total_count`.
   The same header may be sent twice within a second (two polls): CoinVoyage documents no replay rule,
   so none is enforced.
 - Any pay-order id that is not one of ours is a paid DEPOSIT order (made up on the fly).
-- No idempotency: every accepted create makes a NEW REFUND pay-order. The ledger key is
-  `metadata.refundq_refund_id`; a second create for the same key increments `created`, so a double
-  create shows as created >= 2.
+- No idempotency key: every accepted create makes a NEW REFUND pay-order. The ledger key is
+  `metadata.refundq_refund_id`; a second create for the same key (on another pay-order, or inside a
+  DELAYED_EXECUTION window) increments `created`, so a double create shows as created >= 2.
 - Lifecycle on the clock: PENDING -> EXECUTING_ORDER -> COMPLETED. Scenarios:
   FAILED -> ... -> FAILED; PARTIAL -> PENDING -> PARTIAL_PAYMENT -> EXPIRED (paid short, then the
   deadline passes); SLOW -> 10x slower; RATE_LIMITED -> the first create answers 429 + Retry-After: 1;
@@ -37,7 +51,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from functools import partial
 from typing import Any
 
@@ -102,6 +116,51 @@ def _signed_path(request: Request) -> str:
     return f"{path}?{query}" if query else path
 
 
+# (ticker, name, decimals, USD price) of the refunded asset: native on Solana, native elsewhere, a token.
+_SOL = ("SOL", "Solana", 9, Decimal(150))
+_ETH = ("ETH", "Ether", 18, Decimal(3000))
+_USDC = ("USDC", "USD Coin", 6, Decimal(1))
+_SOLANA_CHAIN_ID = 30000000000001
+_USD_PER_UNIT = {"USD": Decimal(1), "EUR": Decimal("1.08"), "GBP": Decimal("1.27")}
+_FINAL_FAILED = {"FAILED", "EXPIRED", "REFUNDED"}
+CENT = Decimal("0.01")
+
+
+def asset_of(chain_id: int, address: str | None) -> tuple[str, str, int, Decimal]:
+    if address:
+        return _USDC
+    return _SOL if chain_id == _SOLANA_CHAIN_ID else _ETH
+
+
+def amount_shape(order: Order, value: Decimal) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(fulfillment.amount, fulfillment.asset) in token units, from the ledger amount `value` (the fiat
+    value of a fiat intent, the token amount of a token intent)."""
+    ticker, name, decimals, price = asset_of(order.chain_id, order.asset_address)
+    unit = Decimal(1).scaleb(-decimals)
+    if order.fiat:
+        usd = (value * _USD_PER_UNIT.get(order.fiat, Decimal(1))).quantize(CENT)
+        tokens = (usd / price).quantize(unit, rounding=ROUND_DOWN)
+    else:
+        tokens = value.quantize(unit, rounding=ROUND_DOWN)
+        usd = (tokens * price).quantize(CENT)
+    raw = int(tokens.scaleb(decimals))
+    amount = {
+        "raw_amount": str(raw),
+        "ui_amount": tokens,
+        "ui_amount_display": format(tokens.normalize(), "f"),
+        "value_usd": usd,
+    }
+    asset = {
+        "id": f"{order.chain_id}:{order.asset_address or 'native'}",
+        "name": name,
+        "ticker": ticker,
+        "decimals": decimals,
+        "address": order.asset_address,
+        "chain_id": order.chain_id,
+    }
+    return amount, asset
+
+
 def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -118,17 +177,25 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         e = order.entry
         return state.ledger.get((e.provider, e.key_id, e.refund_key)) is e
 
-    def authenticate(request: Request) -> Account | Response:
-        fields = cv.parse_authorization(request.headers.get("authorization", ""))
-        api_key, signature, ts = fields.get("APIKey"), fields.get("signature"), fields.get("timestamp")
-        if not api_key or not signature or not ts or not ts.isdigit():
-            return _error(request, 401, "Missing or malformed Authorization header")
+    def authenticate(request: Request, signed: bool) -> Account | Response:
+        api_key = request.headers.get(cv.API_KEY_HEADER, "")
+        if not api_key:
+            return _error(request, 401, f"Missing {cv.API_KEY_HEADER} header")
         account = next(
             (a for a in state.accounts_for(PROVIDER) if hmac.compare_digest(a.secret("api_key"), api_key)),
             None,
         )
         if account is None:
             return _error(request, 401, "Invalid API key")
+        if not signed:
+            return account
+        header = str(account.option("signature_header", cv.DEFAULT_SIGNATURE_HEADER))
+        fields = cv.parse_authorization(request.headers.get(header, ""))
+        key_in_header, signature, ts = fields.get("APIKey"), fields.get("signature"), fields.get("timestamp")
+        if not key_in_header or not signature or not ts or not ts.isdigit():
+            return _error(request, 401, f"Missing or malformed {header} header")
+        if not hmac.compare_digest(key_in_header, api_key):
+            return _error(request, 401, f"The {header} APIKey is not the {cv.API_KEY_HEADER}")
         if abs(time.time() * 1000 - int(ts) * 1000) > state.config.timestamp_window_ms:
             state.count(PROVIDER, "stale_timestamps")
             return _error(request, 401, "Request timestamp expired")
@@ -144,11 +211,12 @@ def routes(state: SandboxState) -> list[BaseRoute]:
             return _error(request, 401, "Invalid signature")
         return account
 
-    async def guard(request: Request) -> tuple[str, Response | None]:
-        """(api key, refusal): outage, authentication and the rate limit, in that order."""
+    async def guard(request: Request, signed: bool = True) -> tuple[str, Response | None]:
+        """(api key, refusal): outage, authentication and the rate limit, in that order. `signed`: the
+        call needs the signature header besides X-API-KEY (the create and the list)."""
         if state.config.outage.get(PROVIDER):
             return "", Response(b"", 503)
-        account = authenticate(request)
+        account = authenticate(request, signed)
         if isinstance(account, Response):
             return "", account
         key_id = account.secret("api_key")
@@ -176,18 +244,8 @@ def routes(state: SandboxState) -> list[BaseRoute]:
 
     def pay_order(request: Request, order: Order) -> dict[str, Any]:
         entry, status = order.entry, raw_status(order)
-        amount = Decimal(entry.amount or "0")
-        decimals = 2 if order.fiat else 18
-        fulfillment: dict[str, Any] = {
-            "amount": {
-                "raw_amount": str(int((amount * 10**decimals).to_integral_value())),
-                "ui_amount": amount,
-                "ui_amount_display": entry.amount,
-            },
-            "asset": {"address": order.asset_address, "chain_id": order.chain_id, "decimals": decimals},
-            "fiat": order.fiat,
-            "receiving_address": entry.destination,
-        }
+        amount, asset = amount_shape(order, Decimal(entry.amount or "0"))
+        fulfillment: dict[str, Any] = {"amount": amount, "asset": asset, "receiving_address": entry.destination}
         done = status == "COMPLETED"
         return {
             "id": order.id,
@@ -216,8 +274,13 @@ def routes(state: SandboxState) -> list[BaseRoute]:
             "mode": "DEPOSIT",
             "status": "COMPLETED",
             "fulfillment": {
-                "amount": {"raw_amount": "100000000", "ui_amount": Decimal(100), "ui_amount_display": "100"},
-                "fiat": "USD",
+                "amount": {
+                    "raw_amount": "100000000",
+                    "ui_amount": Decimal(100),
+                    "ui_amount_display": "100",
+                    "value_usd": Decimal(100),
+                },
+                "asset": {"id": "usdc", "name": "USD Coin", "ticker": "USDC", "decimals": 6},
             },
             "payment": None,
             "metadata": None,
@@ -229,25 +292,30 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         if refusal is not None:
             return refusal
         parent_id = request.path_params["payorder_id"]
-        if parent_id in orders:
-            return _error(request, 422, "PayOrder not completed or already refunded")
         body = cv.json_loads(await request.body())
         if not isinstance(body, dict):
             return _error(request, 400, "Invalid request body format")
-        receiving = body.get("receiving_address")
+        if not isinstance(body.get("intent"), dict):
+            return _error(request, 400, "intent is required")
+        intent = body["intent"]
+        receiving = intent.get("receiving_address")
         if not isinstance(receiving, str) or not receiving:
-            return _error(request, 400, "receiving address required")
-        asset = _obj(body.get("asset"))
+            return _error(request, 400, "intent.receiving_address is required")
+        asset = _obj(intent.get("asset"))
         chain_id = asset.get("chain_id")
         if not isinstance(chain_id, int) or isinstance(chain_id, bool):
-            return _error(request, 400, "asset.chain_id required")
-        amount_obj = _obj(body.get("amount"))
+            return _error(request, 400, "intent.asset.chain_id is required")
+        amount_obj = _obj(intent.get("amount"))
         fiat = _obj(amount_obj.get("fiat")) or None
         number = fiat.get("amount") if fiat else amount_obj.get("token_amount")
         is_number = isinstance(number, int | Decimal) and not isinstance(number, bool)
         amount = Decimal(number) if is_number and number is not None else None
         if amount is None or amount <= 0:
-            return _error(request, 400, "amount.fiat.amount or amount.token_amount required")
+            return _error(request, 400, "intent.amount.fiat.amount or intent.amount.token_amount is required")
+        if parent_id in orders or any(
+            o.parent_id == parent_id and live(o) and raw_status(o) not in _FINAL_FAILED for o in orders.values()
+        ):
+            return _error(request, 422, "PayOrder not completed or already refunded")
         unit = str(fiat.get("unit")) if fiat else None
         metadata = _obj(body.get("metadata"))
         order_id = "po_" + secrets.token_hex(10)
@@ -298,7 +366,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         return answer
 
     async def get_order(request: Request) -> Response:
-        key_id, refusal = await guard(request)
+        key_id, refusal = await guard(request, signed=False)
         if refusal is not None:
             return refusal
         order = orders.get(request.path_params["payorder_id"])
@@ -320,7 +388,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         mine = [o for o in orders.values() if live(o) and o.entry.key_id == key_id]
         mine.sort(key=lambda o: o.created_at, reverse=True)  # newest first
         page = [pay_order(request, o) for o in mine[offset : offset + limit]]
-        return _json({"data": page, "pagination": {"limit": limit, "offset": offset, "total": len(mine)}})
+        return _json({"data": page, "pagination": {"limit": limit, "offset": offset, "total_count": len(mine)}})
 
     return [
         Route(f"{API_PREFIX}/pay-orders", list_orders, methods=["GET"]),

@@ -6,7 +6,9 @@ import dataclasses
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ from config.accounts import Account, AccountConfigError
 from providers import coinvoyage as cv
 from providers.base import (
     ErrorKind,
+    LookupNextPage,
     NoncePolicy,
     NonceUnit,
     ProviderError,
@@ -28,6 +31,8 @@ from providers.base import (
     UnmappedStatusError,
 )
 from tests.conftest import SandboxServer
+from worker.engine import integrity_problems, spec_of
+from worker.models import Refund
 
 ADAPTER = cv.ADAPTER
 SOL_ADDRESS = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM"
@@ -72,9 +77,15 @@ def pay_order(status: str = "PENDING", **extra: Any) -> dict[str, Any]:
         "mode": "REFUND",
         "status": status,
         "hosted_url": "http://pay.invalid/pay/po_refund_1",
+        # The real shape: token units (here 0.066666666 SOL, 9 decimals) worth the requested 10.00 USD.
         "fulfillment": {
-            "amount": {"raw_amount": "1000", "ui_amount": Decimal("10.00"), "ui_amount_display": "10.00"},
-            "fiat": "USD",
+            "amount": {
+                "raw_amount": "66666666",
+                "ui_amount": Decimal("0.066666666"),
+                "ui_amount_display": "0.066666666",
+                "value_usd": Decimal("10.00"),
+            },
+            "asset": {"id": "sol", "name": "Solana", "ticker": "SOL", "decimals": 9},
             "receiving_address": SOL_ADDRESS,
         },
         "metadata": {},
@@ -170,8 +181,11 @@ def _err(status: int, message: str = "boom") -> dict[str, Any]:
         (500, _err(500), {}, False, ErrorKind.RETRYABLE, None),
         (400, _err(400, "Insufficient balance"), {}, True, ErrorKind.REJECTED, None),
         (404, _err(404, "PayOrder not found"), {}, True, ErrorKind.REJECTED, None),
-        (422, {"error": "Unprocessable Entity", "message": "already refunded", "code": 422}, {}, True,
-         ErrorKind.REJECTED, None),
+        # A second refund of the pay-order: maybe an earlier send of ours -> AMBIGUOUS (the worker looks it up).
+        (422, {"error": "Unprocessable Entity", "message": "PayOrder not completed or already refunded",
+               "code": 422}, {}, True, ErrorKind.AMBIGUOUS, None),
+        (422, _err(422, "PayOrder not completed or already refunded"), {}, True, ErrorKind.AMBIGUOUS, None),
+        (422, _err(422), {}, False, ErrorKind.REJECTED, None),
         (302, None, {}, True, ErrorKind.AMBIGUOUS, None),
     ],
 )  # fmt: skip
@@ -270,12 +284,13 @@ def test_build_submit_fiat() -> None:
     assert req.method == "POST"
     assert req.url == "http://provider.invalid/v2/pay-orders/po_deposit_1/refund"
     assert req.body == (
-        b'{"amount":{"fiat":{"amount":12.50,"unit":"USD"}},'
+        b'{"intent":{"amount":{"fiat":{"amount":12.50,"unit":"USD"}},'
         b'"asset":{"address":null,"chain_id":30000000000001},'
-        b'"receiving_address":"9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM",'
+        b'"receiving_address":"9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM"},'
         b'"metadata":{"refundq_refund_id":"rf_1"}}'
     )
     assert req.headers["Content-Type"] == "application/json"
+    assert req.headers["X-API-KEY"] == "pk_unit"
     _verify(req, account(), "/pay-orders/po_deposit_1/refund", NOW)
     assert req.headers["Authorization"].endswith(f",timestamp={NOW}")
 
@@ -283,8 +298,8 @@ def test_build_submit_fiat() -> None:
 def test_build_submit_token_keeps_every_digit() -> None:
     s = spec("123456789.000000000000000001", amount_kind="token", asset_address="0x" + "ab" * 20)
     body = json.loads(ADAPTER.build_submit(s, account(), NOW).body or b"", parse_float=Decimal)
-    assert body["amount"] == {"token_amount": Decimal("123456789.000000000000000001")}
-    assert body["asset"]["address"] == "0x" + "ab" * 20
+    assert body["intent"]["amount"] == {"token_amount": Decimal("123456789.000000000000000001")}
+    assert body["intent"]["asset"]["address"] == "0x" + "ab" * 20
 
 
 def test_build_submit_encodes_the_id_and_signs_the_encoded_path() -> None:
@@ -312,10 +327,12 @@ def test_build_status_and_lookup() -> None:
     s = dataclasses.replace(spec(), provider_refund_id="po_r 1")
     req = ADAPTER.build_status(s, account(), NOW)
     assert (req.method, req.url, req.body) == ("GET", "http://provider.invalid/v2/pay-orders/po_r%201", None)
-    _verify(req, account(), "/pay-orders/po_r%201", NOW)
+    # A single read is authenticated by X-API-KEY alone (spec §1); the list is signed too.
+    assert req.headers["X-API-KEY"] == "pk_unit" and "Authorization" not in req.headers
     req = ADAPTER.build_lookup(s, account(), NOW)
     assert (req.method, req.url, req.body) == ("GET", "http://provider.invalid/v2/pay-orders?limit=100", None)
     _verify(req, account(), "/pay-orders?limit=100", NOW)
+    assert req.headers["X-API-KEY"] == "pk_unit"
     with pytest.raises(ValueError):
         ADAPTER.build_status(spec(), account(), NOW)
 
@@ -561,11 +578,36 @@ def test_timeout_after_commit_is_found_by_the_lookup(sandbox: SandboxServer) -> 
     assert (entry["created"], entry["provider_refund_id"]) == (1, found.provider_refund_id)
 
 
-def test_no_idempotency_a_second_create_makes_a_second_order(sandbox: SandboxServer) -> None:
+def test_a_second_refund_of_a_pay_order_is_422_ambiguous_and_the_lookup_finds_ours(sandbox: SandboxServer) -> None:
+    """The API refuses a second refund of a pay-order with 422 (openapi 2.2.0). It may be our own earlier
+    send: the adapter says AMBIGUOUS, and the lookup by metadata finds the order it created."""
+    acct = cv_account(sandbox)
+    s = spec("10.00", payorder_id=f"po_once_{uuid.uuid4().hex[:8]}")
+    first = create(sandbox, s)
+    r = send(ADAPTER.build_submit(s, acct, now()))
+    assert r.status_code == 422
+    assert json.loads(r.body)["error"]["message"] == "PayOrder not completed or already refunded"
+    with pytest.raises(ProviderError) as info:
+        ADAPTER.parse_submit(s, acct, r)
+    assert info.value.kind == ErrorKind.AMBIGUOUS and info.value.http_status == 422
+    entry = ledger_entry(sandbox, s.refund_id)
+    assert entry["created"] == 1  # refused, not a second order
+    found = ADAPTER.parse_lookup(s, acct, send(ADAPTER.build_lookup(s, acct, now())))
+    assert found is not None and found.provider_refund_id == first.provider_refund_id and not found.others
+    # Someone else's refund of the same pay-order: also 422, and our lookup proves ours absent.
+    other = spec("10.00", payorder_id=s.fields["payorder_id"])
+    with pytest.raises(ProviderError) as info:
+        ADAPTER.parse_submit(other, acct, send(ADAPTER.build_submit(other, acct, now())))
+    assert info.value.kind == ErrorKind.AMBIGUOUS
+    assert ADAPTER.parse_lookup(other, acct, send(ADAPTER.build_lookup(other, acct, now()))) is None
+
+
+def test_no_idempotency_key_the_same_refund_on_two_pay_orders_makes_two_orders(sandbox: SandboxServer) -> None:
     """CoinVoyage has no idempotency key, which is why the worker looks up before any resend."""
     acct = cv_account(sandbox)
     s = spec("10.00")
-    first, second = create(sandbox, s), create(sandbox, s)
+    first = create(sandbox, s)
+    second = create(sandbox, dataclasses.replace(s, fields={**s.fields, "payorder_id": "po_deposit_2"}))
     assert first.provider_refund_id != second.provider_refund_id
     entry = ledger_entry(sandbox, s.refund_id)
     assert (entry["created"], entry["create_calls"]) == (2, 2)
@@ -643,3 +685,170 @@ def test_lookup_says_absent_only_when_no_later_page_can_hold_it() -> None:
     assert adapter.parse_lookup(spec, acc, page(99, created + timedelta(hours=1))) is None  # type: ignore[arg-type]
     assert adapter.parse_lookup(spec, acc, page(100, created - timedelta(hours=1))) is None  # type: ignore[arg-type]
     assert "offset=200" in adapter.build_lookup(dataclasses.replace(spec, lookup_page=2), account(), 1_700_000_000).url
+
+
+# --- issue #12: the documented request body, read auth, list total, real amount shapes ----------
+
+VECTORS = Path(__file__).parent / "vectors" / "coinvoyage.json"
+
+
+def test_refund_body_is_the_documented_refund_request() -> None:
+    """openapi 2.2.0 `RefundRequest`: `intent` {amount, asset, receiving_address} with `metadata` beside it;
+    the create_refund vectors carry the same wrapped body."""
+    s = spec("100", refund_id="rf_doc")
+    body = json.loads(ADAPTER.build_submit(s, account(), NOW).body or b"", parse_float=Decimal)
+    assert set(body) == {"intent", "metadata"}
+    assert set(body["intent"]) == {"amount", "asset", "receiving_address"}
+    assert body["metadata"] == {"refundq_refund_id": "rf_doc"}
+    assert body["intent"]["asset"] == {"address": None, "chain_id": 30000000000001}
+    vectors = [v for v in json.loads(VECTORS.read_text()) if v["kind"] == "create_refund"]
+    assert vectors
+    for v in vectors:
+        documented = json.loads(v["inputs"]["body"], parse_float=Decimal)
+        assert set(documented) <= set(body) and set(documented["intent"]) <= set(body["intent"])
+        for key, value in documented["intent"].items():
+            assert body["intent"][key] == value, key
+
+
+def test_signature_header_name_is_an_account_option() -> None:
+    acct = account(signature_header="Authorization-Signature")
+    req = ADAPTER.build_submit(spec(), acct, NOW)
+    assert "Authorization" not in req.headers and req.headers["X-API-KEY"] == "pk_unit"
+    expected = cv.sign_request(cv.SCHEME_HMAC, "pk_unit", "sk_unit", NOW, "POST", "/pay-orders/po_deposit_1/refund")
+    assert req.headers["Authorization-Signature"] == expected.header
+    errors = {f for f, _ in _errors(spec(), account(signature_header="Bad Header:"))}
+    assert errors == {"account.signature_header"}
+
+
+def test_sandbox_refuses_the_flat_body_naming_intent(sandbox: SandboxServer) -> None:
+    acct = cv_account(sandbox)
+    s = spec("10.00")
+    good = ADAPTER.build_submit(s, acct, now())
+    wrapped = json.loads(good.body or b"", parse_float=Decimal)
+    flat = cv.json_dumps({**wrapped["intent"], "metadata": wrapped["metadata"]}).encode()
+    r = send(dataclasses.replace(good, body=flat))
+    assert r.status_code == 400 and "intent" in json.loads(r.body)["error"]["message"]
+    with pytest.raises(ProviderError) as info:
+        ADAPTER.parse_submit(s, acct, r)
+    assert info.value.kind == ErrorKind.REJECTED
+    assert sandbox.ledger()["refunds"] == []
+    create(sandbox, s)  # the documented body is accepted
+
+
+def test_sandbox_reads_need_x_api_key_and_take_it_alone(sandbox: SandboxServer) -> None:
+    acct = cv_account(sandbox)
+    s = create(sandbox, spec("10.00"))
+    read = ADAPTER.build_status(s, acct, now())
+    assert set(read.headers) >= {"X-API-KEY"} and "Authorization" not in read.headers
+    assert ADAPTER.parse_status(s, acct, send(read)).provider_refund_id == s.provider_refund_id
+    bare = dataclasses.replace(read, headers={k: v for k, v in read.headers.items() if k != "X-API-KEY"})
+    r = send(bare)
+    assert r.status_code == 401 and "X-API-KEY" in json.loads(r.body)["error"]["message"]
+    with pytest.raises(ProviderError) as info:
+        ADAPTER.parse_status(s, acct, r)
+    assert info.value.kind == ErrorKind.AUTH
+    lookup = ADAPTER.build_lookup(s, acct, now())
+    assert ADAPTER.parse_lookup(s, acct, send(lookup)) is not None
+    no_key = dataclasses.replace(lookup, headers={k: v for k, v in lookup.headers.items() if k != "X-API-KEY"})
+    assert send(no_key).status_code == 401
+    unsigned = dataclasses.replace(lookup, headers={k: v for k, v in lookup.headers.items() if k != "Authorization"})
+    assert send(unsigned).status_code == 401  # the list is privileged: signed too
+    submit = ADAPTER.build_submit(spec("10.00"), acct, now())
+    no_key = dataclasses.replace(submit, headers={k: v for k, v in submit.headers.items() if k != "X-API-KEY"})
+    assert send(no_key).status_code == 401
+
+
+def _list(orders: int, total: int | None, *, top_level: bool = False) -> Response:
+    data: list[dict[str, Any]] = [
+        pay_order("COMPLETED", id=f"po{i}", metadata={"refundq_refund_id": f"x{i}"}) for i in range(orders)
+    ]
+    body: dict[str, Any] = {"data": data}
+    if total is not None:
+        if top_level:
+            body["total_count"] = total
+        else:
+            body["pagination"] = {"limit": 100, "offset": 0, "total_count": total}
+    return resp(200, body)
+
+
+def test_lookup_pages_by_total_count() -> None:
+    s = spec(refund_id="rf_none")
+    acct = account()
+    # A full page that is the whole list: absent without asking for an empty next page.
+    assert ADAPTER.parse_lookup(s, acct, _list(100, 100)) is None
+    assert ADAPTER.parse_lookup(s, acct, _list(100, 100, top_level=True)) is None
+    with pytest.raises(LookupNextPage) as info:
+        ADAPTER.parse_lookup(s, acct, _list(100, 101))
+    assert info.value.page == 1
+    second = dataclasses.replace(s, lookup_page=1)
+    assert ADAPTER.parse_lookup(second, acct, _list(1, 101)) is None
+    # A short page while the total says more remain: never "absent" on a contradiction.
+    with pytest.raises(LookupNextPage):
+        ADAPTER.parse_lookup(s, acct, _list(50, 500))
+    assert ADAPTER.parse_lookup(s, acct, _list(50, None)) is None  # no total: a short page ends the list
+
+
+def _refund_row(amount: str, currency: str = "USD", **fields: Any) -> Refund:
+    now_ = datetime.now(UTC)
+    return Refund.model_validate(
+        {
+            "id": "rf_int",
+            "idempotency_key": "k_int",
+            "provider": "coinvoyage",
+            "account": "cv-test",
+            "amount": Decimal(amount),
+            "currency": currency,
+            "destination": SOL_ADDRESS,
+            "fields": {"payorder_id": "po_deposit_1", "chain_id": 30000000000001, **fields},
+            "status": "pending",
+            "provider_refund_id": "po_refund_1",
+            "deadline": now_,
+            "created_at": now_,
+            "updated_at": now_,
+        }
+    )
+
+
+def test_integrity_on_real_token_unit_amounts_raises_no_false_drift() -> None:
+    """A fiat refund reported in token units + value_usd compares value_usd; a token refund compares
+    raw_amount / 10**decimals; a real drift is still flagged."""
+    row = _refund_row("10.00")
+    result = ADAPTER.parse_status(spec_of(row), account(), resp(200, pay_order("COMPLETED")))
+    assert result.detail["amount"] == "10.00" and result.detail["currency"] == "USD"
+    assert result.detail["token_amount"] == "0.066666666" and result.detail["token"] == "SOL"
+    assert integrity_problems(row, result) == []
+    # value_usd with more places than cents: rounded to the fiat refund's cents, no drift.
+    fine = pay_order("COMPLETED")
+    fine["fulfillment"]["amount"]["value_usd"] = Decimal("9.999999")
+    assert integrity_problems(row, ADAPTER.parse_status(spec_of(row), account(), resp(200, fine))) == []
+    # A real drift: the order is worth 1.00 USD.
+    drift = pay_order("COMPLETED")
+    drift["fulfillment"]["amount"].update(raw_amount="6666666", ui_amount_display="0.006666666", value_usd="1.00")
+    problems = integrity_problems(row, ADAPTER.parse_status(spec_of(row), account(), resp(200, drift)))
+    assert problems == ["amount: requested 10.00, provider reports 1.00"]
+    # A token refund: exact token units from raw_amount and decimals.
+    token_row = _refund_row("0.066666666", currency="SOL", amount_kind="token")
+    result = ADAPTER.parse_status(spec_of(token_row), account(), resp(200, pay_order("COMPLETED")))
+    assert result.detail["amount"] == "0.066666666" and integrity_problems(token_row, result) == []
+    more = _refund_row("0.07", currency="SOL", amount_kind="token")
+    result = ADAPTER.parse_status(spec_of(more), account(), resp(200, pay_order("COMPLETED")))
+    assert integrity_problems(more, result) == ["amount: requested 0.07, provider reports 0.066666666"]
+    # A fiat refund in EUR: token units and USD are not its unit, so no amount is compared.
+    eur = _refund_row("10.00", currency="EUR")
+    result = ADAPTER.parse_status(spec_of(eur), account(), resp(200, pay_order("COMPLETED")))
+    assert "amount" not in result.detail and integrity_problems(eur, result) == []
+
+
+def test_sandbox_reports_token_units_and_the_worker_sees_no_drift(sandbox: SandboxServer) -> None:
+    acct = cv_account(sandbox)
+    s = create(sandbox, spec("25.59"))
+    r = send(ADAPTER.build_status(s, acct, now()))
+    fulfillment = json.loads(r.body, parse_float=Decimal)["fulfillment"]
+    assert set(fulfillment["amount"]) == {"raw_amount", "ui_amount", "ui_amount_display", "value_usd"}
+    assert {"id", "name", "ticker", "decimals"} <= set(fulfillment["asset"])
+    assert fulfillment["asset"]["ticker"] == "SOL" and fulfillment["amount"]["ui_amount_display"] == "0.1706"
+    row = _refund_row("25.59").model_copy(update={"provider_refund_id": s.provider_refund_id})
+    result = ADAPTER.parse_status(s, acct, r)
+    assert integrity_problems(row, result) == []
+    listed = json.loads(send(ADAPTER.build_lookup(s, acct, now())).body)
+    assert listed["pagination"]["total_count"] >= 1 and "total" not in listed["pagination"]
