@@ -52,6 +52,17 @@ ADDRESS = {
 }
 REDIS_OWNER_KEY = "refundq-bench-owner"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def write_report(kind: str, args: argparse.Namespace, runs: Sequence[Any]) -> Path:
+    """bench/results/<kind>-<timestamp>.json (or --out): options, machine, and each run."""
+    out: Path = args.out or RESULTS_DIR / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"options": {k: str(v) for k, v in vars(args).items()}, "machine": machine(), "runs": runs}
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    return out
+
+
 WARMUP = 8
 SANDBOX_STEP = 0.2  # seconds per lifecycle phase: pending -> processing -> completed in 0.4 s
 DISPATCH_INTERVAL = 0.5

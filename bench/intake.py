@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.e2e import RESULTS_DIR, database, empty_tables, machine, redis_db
+from bench.e2e import database, empty_tables, redis_db, write_report
 from worker.envelope import build, wrap
 from worker.procs import Children, free_port, http_ok, wait_until
 
@@ -197,11 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nmedian of {len(runs)}: {rate:,.0f} junk messages/s absorbed; good refund behind {args.junk:,} junk waited"
     )
     print(f"{wait:.2f}s (alone: {alone:.3f}s, x{wait / alone:.0f}); the worker stayed up; every message recorded")
-    out: Path = args.out or RESULTS_DIR / f"intake-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"options": {k: str(v) for k, v in vars(args).items()}, "machine": machine()}
-    report["runs"] = [asdict(r) for r in runs]
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    out = write_report("intake", args, [asdict(r) for r in runs])
     print(f"written to {out}")
     return 0
 

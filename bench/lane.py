@@ -11,7 +11,6 @@ processes (sandbox, workers, dispatcher), all children stopped by PID; every wai
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -20,11 +19,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from bench.e2e import NOT_ACCEPTED, RESULTS_DIR, database, empty_tables, machine, redis_db, refund_requests
+from bench.e2e import NOT_ACCEPTED, database, empty_tables, redis_db, refund_requests, write_report
 from worker.procs import Children, free_port, http_ok, wait_until
 
 PROVIDERS = {"coincorner": "with the lane (CoinCorner)", "cobo": "without it (Cobo)"}
@@ -189,11 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         children.stop_all()
     print()
     print(table(runs))
-    out: Path = args.out or RESULTS_DIR / f"lane-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"options": {k: str(v) for k, v in vars(args).items()}, "machine": machine()}
-    report["runs"] = [asdict(r) for r in runs]
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    out = write_report("lane", args, [asdict(r) for r in runs])
     print(f"\nwritten to {out}")
     return 0
 

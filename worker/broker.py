@@ -26,7 +26,6 @@ from typing import Any
 import structlog
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
 from redis.exceptions import ResponseError
 
 from worker.envelope import BadMessage, parse
@@ -55,8 +54,9 @@ def _signature(task: str) -> inspect.Signature:
     return inspect.signature(celery_app.tasks[task].run)
 
 
-def check(queue: str, raw: bytes) -> None:
-    """Raise BadMessage unless a refundq worker can run this item from this queue."""
+def check(queue: str, raw: bytes) -> dict[str, Any]:
+    """The decoded envelope (kombu's payload) of an item a refundq worker can run from this queue,
+    else BadMessage. Decoded once: this runs for every submit and poll."""
     message = parse(raw, max_bytes=INTERNAL_MAX_BYTES)
     allowed = _queue_tasks().get(queue, frozenset())
     if message.task not in allowed:
@@ -65,6 +65,7 @@ def check(queue: str, raw: bytes) -> None:
         _signature(message.task).bind(*message.args, **message.kwargs)
     except TypeError as exc:
         raise BadMessage(f"arguments do not fit {message.task}: {exc}", message.task) from None
+    return message.envelope
 
 
 def quarantine_key(prefix: str) -> str:
@@ -93,8 +94,7 @@ class Channel(kombu_redis.Channel):
     def _admit(self, queue: str, item: bytes) -> Any:
         """kombu's payload for an item that passes the gate; None after quarantining one that fails."""
         try:
-            check(queue, item)
-            return loads(bytes_to_str(item))
+            return check(queue, item)
         except BadMessage as exc:
             reason = exc.reason
         except Exception as exc:  # the gate itself must not be what stops the worker

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class Message:
     id: str | None = None
     eta: str | None = None
     protocol: int = 2
+    envelope: dict[str, Any] = dataclasses.field(default_factory=dict)  # the decoded list item
 
 
 def _refuse_constant(name: str) -> Any:
@@ -95,9 +97,8 @@ def parse(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     else:
         raise BadMessage(f"properties.body_encoding must be base64, not {_short(repr(encoding))}")
     decoded = strict_json(body_bytes, "body")
-    if "task" in headers:
-        return _protocol2(headers, decoded)
-    return _protocol1(decoded)
+    message = _protocol2(headers, decoded) if "task" in headers else _protocol1(decoded)
+    return dataclasses.replace(message, envelope=envelope)
 
 
 def build(task: str, args: list[Any], kwargs: Any, *, eta: str | None = None, **properties: Any) -> bytes:
