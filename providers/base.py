@@ -167,6 +167,27 @@ class StatusResult:
     detail: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"action_url": ...}, reported amounts
     # Other provider records that carry our id (a lookup that found more than one): a duplicate.
     others: tuple[str, ...] = ()
+    # What the provider reports it actually paid out for this refund, and its fee, where it says
+    # (Cobo: the completed transactions of a PartiallyCompleted refund). None: not reported.
+    settled_amount: Decimal | None = None
+    fee: Decimal | None = None
+
+
+class PaymentRule(StrEnum):
+    """How a refund's amount relates to what the customer paid (the payment's refundable amount)."""
+
+    WITHIN = "within"  # refunds of one payment add up to at most what was paid (partial refunds allowed)
+    WHOLE = "whole"  # the provider refunds the whole payment (Cryptomus): the amount must equal it
+
+
+@dataclass(frozen=True)
+class PaymentReading:
+    """What the provider reports about the original payment a refund returns money from."""
+
+    key: str  # the canonical payment key (Adapter.payment_key form), e.g. "invoice:<uuid>"
+    amount: Decimal  # what the customer paid: the most all refunds of it may return
+    currency: str
+    detail: Mapping[str, Any] = field(default_factory=dict)  # the provider's fields, for the event
 
 
 class Reading(StrEnum):
@@ -217,6 +238,26 @@ class Adapter(Protocol):
 
     def exclusive_key(self, spec: RefundSpec) -> str | None:
         """A key of which at most one live refund may exist per account (one refund per invoice)."""
+        ...
+
+    #: WHOLE where the provider's refund call carries no amount and returns the whole payment
+    payment_rule: PaymentRule
+    #: True when the provider reports what was paid (build_payment / parse_payment); else the
+    #: producer must say it (`paid_amount`) the first time refundq sees the payment
+    reads_payment: bool
+
+    def payment_key(self, spec: RefundSpec) -> str:
+        """The original payment this refund returns money from, one key per payment and account
+        (e.g. "order:<order_id>"); the ceiling is kept per key. Validation ensures it exists."""
+        ...
+
+    def build_payment(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
+        """Read the original payment (reads_payment only)."""
+        ...
+
+    def parse_payment(self, spec: RefundSpec, account: Account, resp: Response) -> PaymentReading:
+        """ProviderError(REJECTED) when the provider says the payment does not exist; RETRYABLE /
+        AUTH / RATE_LIMITED as for any read."""
         ...
 
     def build_submit(self, spec: RefundSpec, account: Account, nonce: int) -> Request: ...

@@ -57,6 +57,8 @@ from providers.base import (
     FieldError,
     NoncePolicy,
     NonceUnit,
+    PaymentReading,
+    PaymentRule,
     ProviderError,
     RawStatus,
     Reading,
@@ -420,6 +422,21 @@ class CoboAdapter:
 
     def exclusive_key(self, spec: RefundSpec) -> str | None:
         return None  # request_id is Cobo's idempotency key; several refunds per order are allowed
+
+    # -- the original payment: Cobo's refund API reports no pay-in amount (spec §1), so the producer
+    # says what was paid (`paid_amount`) the first time refundq sees the order --
+
+    payment_rule: PaymentRule = PaymentRule.WITHIN
+    reads_payment: bool = False
+
+    def payment_key(self, spec: RefundSpec) -> str:
+        return f"order:{spec.fields.get('order_id', '')}"
+
+    def build_payment(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
+        raise NotImplementedError("cobo reports no pay-in amount")
+
+    def parse_payment(self, spec: RefundSpec, account: Account, resp: Response) -> PaymentReading:
+        raise NotImplementedError("cobo reports no pay-in amount")
 
     # -- requests --
 

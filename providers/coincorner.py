@@ -61,6 +61,8 @@ from providers.base import (
     FieldError,
     NoncePolicy,
     NonceUnit,
+    PaymentReading,
+    PaymentRule,
     ProviderError,
     RawStatus,
     Reading,
@@ -415,6 +417,20 @@ class CoinCornerAdapter:
 
     def exclusive_key(self, spec: RefundSpec) -> str | None:
         return f"order:{_order_id(spec)}"  # one refund per OrderId (spec §9)
+
+    # -- the original payment: GetOrder reports InvoiceAmount / InvoiceCurrency (spec §3) --
+
+    payment_rule: PaymentRule = PaymentRule.WITHIN
+    reads_payment: bool = True
+
+    def payment_key(self, spec: RefundSpec) -> str:
+        return f"order:{_order_id(spec)}"
+
+    def build_payment(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
+        raise NotImplementedError  # TODO(helper): GetOrder
+
+    def parse_payment(self, spec: RefundSpec, account: Account, resp: Response) -> PaymentReading:
+        raise NotImplementedError  # TODO(helper): GetOrder
 
     def refund_params(self, spec: RefundSpec, account: Account) -> RefundOrderParams:
         return RefundOrderParams(

@@ -102,6 +102,8 @@ from providers.base import (
     LookupNextPage,
     NoncePolicy,
     NonceUnit,
+    PaymentReading,
+    PaymentRule,
     ProviderError,
     RawStatus,
     Reading,
@@ -526,6 +528,21 @@ class CoinVoyageAdapter:
 
     def exclusive_key(self, spec: RefundSpec) -> str | None:
         return None  # a pay-order may be refunded in parts; nothing to serialise on
+
+    # -- the original payment: a pay-order reports token units while refunds are usually fiat, so
+    # the producer says what was paid in the refund's unit (`paid_amount`) --
+
+    payment_rule: PaymentRule = PaymentRule.WITHIN
+    reads_payment: bool = False
+
+    def payment_key(self, spec: RefundSpec) -> str:
+        return f"payorder:{spec.fields.get('payorder_id', '')}"
+
+    def build_payment(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
+        raise NotImplementedError("coinvoyage: the producer gives paid_amount")
+
+    def parse_payment(self, spec: RefundSpec, account: Account, resp: Response) -> PaymentReading:
+        raise NotImplementedError("coinvoyage: the producer gives paid_amount")
 
     # --- requests ---
 

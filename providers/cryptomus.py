@@ -65,6 +65,8 @@ from providers.base import (
     FieldError,
     NoncePolicy,
     NonceUnit,
+    PaymentReading,
+    PaymentRule,
     ProviderError,
     RawStatus,
     Reading,
@@ -471,6 +473,21 @@ class CryptomusAdapter:
         if uuid:
             return f"invoice:{str(uuid).lower()}"
         return f"invoice:{order_id}" if order_id else None
+
+    # -- the original payment: payment/info reports the invoice's amount and currency; the refund
+    # call carries no amount and returns the whole invoice --
+
+    payment_rule: PaymentRule = PaymentRule.WHOLE
+    reads_payment: bool = True
+
+    def payment_key(self, spec: RefundSpec) -> str:
+        return self.exclusive_key(spec) or ""
+
+    def build_payment(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
+        raise NotImplementedError  # TODO(helper): payment/info
+
+    def parse_payment(self, spec: RefundSpec, account: Account, resp: Response) -> PaymentReading:
+        raise NotImplementedError  # TODO(helper): payment/info
 
     # --- requests ---
 
