@@ -38,6 +38,7 @@ import httpx
 from redis import Redis
 
 from bench import baseline
+from worker.demo import own_payment
 from worker.procs import Children, free_port, http_ok, redis_answers, start_embedded_redis, wait_until
 
 PROVIDERS = ("cobo", "coincorner", "coinvoyage", "cryptomus")
@@ -299,7 +300,7 @@ def empty_tables(engine: Any) -> None:
 
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            conn.execute(text("TRUNCATE refund_event, rejected_intake, refund CASCADE"))
+            conn.execute(text("TRUNCATE refund_event, rejected_intake, refund, payment CASCADE"))
         else:
             for table in ("refund_event", "rejected_intake", "refund"):
                 conn.execute(text(f"DELETE FROM {table}"))
@@ -317,7 +318,7 @@ def refund_requests(n: int, provider: str, tag: str) -> list[dict[str, Any]]:
         order = f"bench-{tag}-{i}"
         amount = Decimal(10 + i % 90)
         fields: dict[str, Any] = {
-            "cobo": dict[str, Any](),
+            "cobo": dict[str, Any](order_id=order),
             "coincorner": {"order_id": order},
             "coinvoyage": {"payorder_id": order, "chain_id": 30000000000001},
             # The sandbox invoice's amount (`amt` marker) must be the one refunded, or the
@@ -325,15 +326,17 @@ def refund_requests(n: int, provider: str, tag: str) -> list[dict[str, Any]]:
             "cryptomus": {"order_id": f"{order}-amt{amount}_00", "network": "tron"},
         }[p]
         out.append(
-            {
-                "idempotency_key": order,
-                "provider": p,
-                "account": f"{p}-sandbox",
-                "amount": f"{amount}.00",
-                "currency": CURRENCY[p],
-                "destination": ADDRESS[p],
-                "fields": fields,
-            }
+            own_payment(
+                {
+                    "idempotency_key": order,
+                    "provider": p,
+                    "account": f"{p}-sandbox",
+                    "amount": f"{amount}.00",
+                    "currency": CURRENCY[p],
+                    "destination": ADDRESS[p],
+                    "fields": fields,
+                }
+            )
         )
     return out
 

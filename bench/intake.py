@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.e2e import database, empty_tables, redis_db, write_report
+from worker.demo import own_payment
 from worker.envelope import build, wrap
 from worker.procs import Children, free_port, http_ok, wait_until
 
@@ -63,14 +64,16 @@ def junk(i: int) -> bytes:
 
 
 def good_request(tag: str) -> dict[str, Any]:
-    return {
-        "idempotency_key": f"good-{tag}",
-        "provider": "cobo",
-        "account": "cobo-sandbox",
-        "amount": "12.00",
-        "currency": "ETH_USDT",
-        "destination": "0x" + "5a" * 20,
-    }
+    return own_payment(
+        {
+            "idempotency_key": f"good-{tag}",
+            "provider": "cobo",
+            "account": "cobo-sandbox",
+            "amount": "12.00",
+            "currency": "ETH_USDT",
+            "destination": "0x" + "5a" * 20,
+        }
+    )
 
 
 @dataclass

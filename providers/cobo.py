@@ -395,6 +395,8 @@ class CoboAdapter:
         for name in fields:
             if name not in OPTIONAL_FIELDS:
                 errors.append(FieldError(name, f"unknown field for cobo (known: {', '.join(OPTIONAL_FIELDS)})"))
+        if "order_id" not in fields:
+            errors.append(FieldError("order_id", "is required (the Cobo pay-in order this refund returns money from)"))
         for name in ("order_id", "merchant_id"):
             if name in fields and (not isinstance(fields[name], str) or not fields[name].strip()):
                 errors.append(FieldError(name, "must be a non-empty string"))

@@ -421,7 +421,7 @@ class CoinCornerAdapter:
     # -- the original payment: GetOrder reports InvoiceAmount / InvoiceCurrency (spec §3) --
 
     payment_rule: PaymentRule = PaymentRule.WITHIN
-    reads_payment: bool = True
+    reads_payment: bool = False  # TEMP until build_payment lands
 
     def payment_key(self, spec: RefundSpec) -> str:
         return f"order:{_order_id(spec)}"

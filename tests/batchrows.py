@@ -9,6 +9,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from worker.demo import own_payment
+
 PROVIDERS = ("cobo", "coincorner", "coinvoyage", "cryptomus")
 ADDRESSES = {
     "cobo": "0x" + "5a" * 20,
@@ -49,15 +51,17 @@ def row(i: int, run: str, code: int | None = None) -> dict[str, Any]:
         "cryptomus": {"order_id": order, "network": "tron"},
     }
     fields = per_provider[provider]
-    return {
-        "idempotency_key": f"{run}-{i}",
-        "provider": provider,
-        "account": f"{provider}-sandbox",
-        "amount": format(amount, "f"),
-        "currency": CURRENCY[provider],
-        "destination": ADDRESSES[provider],
-        "fields": fields,
-    }
+    return own_payment(
+        {
+            "idempotency_key": f"{run}-{i}",
+            "provider": provider,
+            "account": f"{provider}-sandbox",
+            "amount": format(amount, "f"),
+            "currency": CURRENCY[provider],
+            "destination": ADDRESSES[provider],
+            "fields": fields,
+        }
+    )
 
 
 def rows(n: int, run: str) -> Iterator[dict[str, Any]]:
@@ -67,7 +71,9 @@ def rows(n: int, run: str) -> Iterator[dict[str, Any]]:
 def write_csv(path: Path, items: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> Path:
     with path.open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["idempotency_key", "provider", "account", "amount", "currency", "destination", "fields"])
+        w.writerow(
+            ["idempotency_key", "provider", "account", "amount", "paid_amount", "currency", "destination", "fields"]
+        )
         for r in items:
             w.writerow(
                 [
@@ -75,6 +81,7 @@ def write_csv(path: Path, items: Iterator[dict[str, Any]] | list[dict[str, Any]]
                     r["provider"],
                     r["account"],
                     r["amount"],
+                    r.get("paid_amount", ""),
                     r["currency"],
                     r["destination"],
                     json.dumps(r["fields"]),

@@ -160,7 +160,7 @@ def db_url(request: pytest.FixtureRequest) -> str:
     from worker.db import get_engine
 
     with get_engine(url).begin() as conn:  # the session's database, emptied for this test
-        conn.execute(text("TRUNCATE refund_event, rejected_intake, refund CASCADE"))
+        conn.execute(text("TRUNCATE refund_event, rejected_intake, refund, payment CASCADE"))
     return url
 
 

@@ -18,6 +18,7 @@ from providers.base import RefundStatus as S
 from tests.conftest import make_runtime
 from worker import cli, store
 from worker.approval import ApprovalError, approve, deny
+from worker.demo import own_payment
 from worker.engine import Engine
 from worker.models import refund_table, utcnow
 from worker.producer import enqueue_refund, persist, refund_row
@@ -42,14 +43,16 @@ def rt(sandbox: Any, db_url: str) -> Any:
 
 
 def cobo(key: str, amount: str) -> dict[str, Any]:
-    return {
-        "idempotency_key": key,
-        "provider": "cobo",
-        "account": "cobo-sandbox",
-        "amount": amount,
-        "currency": "ETH_USDT",
-        "destination": EVM,
-    }
+    return own_payment(
+        {
+            "idempotency_key": key,
+            "provider": "cobo",
+            "account": "cobo-sandbox",
+            "amount": amount,
+            "currency": "ETH_USDT",
+            "destination": EVM,
+        }
+    )
 
 
 def reasons(rt: Any, refund_id: str) -> list[str]:
@@ -115,7 +118,9 @@ def test_deny_cancels_and_nothing_is_sent(rt: Any, sandbox: Any) -> None:
 def test_a_row_stored_queued_above_the_threshold_is_held_at_send(rt: Any, sandbox: Any) -> None:
     """Batch imports build rows without the insert-time check: the send-time gate holds them."""
     request = check(cobo("batch-like", "500.00"), rt.accounts)
-    values = refund_row("rf_gate", request, exclusive_key=None, settings=rt.settings, now=utcnow())
+    values = refund_row(
+        "rf_gate", request, exclusive_key=None, payment_key="order:gate", settings=rt.settings, now=utcnow()
+    )
     with rt.engine.begin() as conn:
         store.insert_refund(conn, values)
     engine = Engine(rt)

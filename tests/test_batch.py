@@ -68,9 +68,10 @@ def batch_counts(rt: Any, batch_id: str) -> dict[str, int]:
 def test_csv_and_json_lines_are_accepted_with_provider_field_columns(rt: Any, tmp_path: Path) -> None:
     path = tmp_path / "b.csv"
     path.write_text(
-        "idempotency_key,provider,account,amount,currency,destination,fields.order_id,fields.payorder_id,fields.chain_id\n"
-        f"k1,coinvoyage,coinvoyage-sandbox,12.50,USD,{row(2, 'x')['destination']},,,30000000000001\n"
-        f"k2,coincorner,coincorner-sandbox,3.10,GBP,{row(1, 'x')['destination']},inv-9,,\n",
+        "idempotency_key,provider,account,amount,paid_amount,currency,destination,"
+        "fields.order_id,fields.payorder_id,fields.chain_id\n"
+        f"k1,coinvoyage,coinvoyage-sandbox,12.50,40.00,USD,{row(2, 'x')['destination']},,,30000000000001\n"
+        f"k2,coincorner,coincorner-sandbox,3.10,,GBP,{row(1, 'x')['destination']},inv-9,,\n",
         encoding="utf-8",
     )
     # CoinVoyage needs a payorder_id: row 1 is reported, not guessed.
@@ -366,7 +367,7 @@ def test_batch_across_four_providers_reaches_final_statuses_with_exact_counts(
 ) -> None:
     n = 10_000 if os.environ.get("REFUNDQ_FULL") == "1" else 400
     with get_engine(pg_url).begin() as conn:
-        conn.execute(text("TRUNCATE refund_event, rejected_intake, refund, batch CASCADE"))
+        conn.execute(text("TRUNCATE refund_event, rejected_intake, refund, batch, payment CASCADE"))
     stack = stack_factory(pg_url)
     stack.start_worker(concurrency=32)
     stack.start_dispatcher()

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from sandbox.accounts import write_sandbox_accounts
 from tests.conftest import make_runtime
 from worker import cli
+from worker.demo import own_payment
 from worker.models import refund_table, rejected_intake_table, utcnow
 from worker.producer import persist
 from worker.runtime import set_runtime
@@ -35,14 +36,16 @@ def rt(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 def stored_refund(rt: Any, key: str) -> Any:
     refund, _ = persist(
-        {
-            "idempotency_key": key,
-            "provider": "cobo",
-            "account": "cobo-sandbox",
-            "amount": "12.50",
-            "currency": "ETH_USDT",
-            "destination": "0x" + "ab" * 20,
-        },
+        own_payment(
+            {
+                "idempotency_key": key,
+                "provider": "cobo",
+                "account": "cobo-sandbox",
+                "amount": "12.50",
+                "currency": "ETH_USDT",
+                "destination": "0x" + "ab" * 20,
+            }
+        ),
         rt,
     )
     with rt.engine.begin() as conn:  # what a hostile provider could have answered

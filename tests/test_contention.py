@@ -34,6 +34,7 @@ from providers.cobo import public_key_hex
 from tests.conftest import TEST_REDIS_URL, make_runtime
 from tests.test_pipeline import clean
 from worker import store
+from worker.demo import own_payment
 from worker.producer import enqueue_refund
 
 pytestmark = pytest.mark.integration
@@ -68,15 +69,17 @@ def coincorner(i: int, run: str) -> dict[str, Any]:
 
 
 def cobo(i: int, run: str) -> dict[str, Any]:
-    return {
-        "idempotency_key": f"{run}-{i}",
-        "provider": "cobo",
-        "account": "cobo-sandbox",
-        "amount": str(Decimal(10 + i % 90)),
-        "currency": "ETH_USDT",
-        "destination": "0x" + f"{i:040x}",
-        "fields": {},
-    }
+    return own_payment(
+        {
+            "idempotency_key": f"{run}-{i}",
+            "provider": "cobo",
+            "account": "cobo-sandbox",
+            "amount": str(Decimal(10 + i % 90)),
+            "currency": "ETH_USDT",
+            "destination": "0x" + f"{i:040x}",
+            "fields": {},
+        }
+    )
 
 
 def statuses(rt: Any, ids: list[str]) -> dict[str, Any]:

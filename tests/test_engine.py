@@ -9,6 +9,7 @@ import pytest
 from providers.base import RefundStatus as S
 from tests.conftest import make_runtime
 from worker import store
+from worker.demo import own_payment
 from worker.engine import Engine
 from worker.producer import persist
 
@@ -19,14 +20,16 @@ def rt(sandbox: Any, sqlite_url: str) -> Any:
 
 
 def cobo(key: str) -> dict[str, Any]:
-    return {
-        "idempotency_key": key,
-        "provider": "cobo",
-        "account": "cobo-sandbox",
-        "amount": "12.00",
-        "currency": "ETH_USDT",
-        "destination": "0x" + "ab" * 20,
-    }
+    return own_payment(
+        {
+            "idempotency_key": key,
+            "provider": "cobo",
+            "account": "cobo-sandbox",
+            "amount": "12.00",
+            "currency": "ETH_USDT",
+            "destination": "0x" + "ab" * 20,
+        }
+    )
 
 
 def test_a_claim_taken_over_is_never_sent(rt: Any, sandbox: Any) -> None:
@@ -57,15 +60,17 @@ def test_submit_then_poll_to_completed(rt: Any, sandbox: Any) -> None:
 
 
 def coinvoyage(key: str) -> dict[str, Any]:
-    return {
-        "idempotency_key": key,
-        "provider": "coinvoyage",
-        "account": "coinvoyage-sandbox",
-        "amount": "12.00",
-        "currency": "USD",
-        "destination": "7EcDhSYGxXyscszYEp35KHN8vvw3svAuLKTzXwCFLtV",
-        "fields": {"payorder_id": f"po-{key}", "chain_id": 30000000000001},
-    }
+    return own_payment(
+        {
+            "idempotency_key": key,
+            "provider": "coinvoyage",
+            "account": "coinvoyage-sandbox",
+            "amount": "12.00",
+            "currency": "USD",
+            "destination": "7EcDhSYGxXyscszYEp35KHN8vvw3svAuLKTzXwCFLtV",
+            "fields": {"payorder_id": f"po-{key}", "chain_id": 30000000000001},
+        }
+    )
 
 
 def test_coinvoyage_lookup_pages_past_newer_orders(rt: Any, sandbox: Any) -> None:

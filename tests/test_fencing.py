@@ -20,6 +20,7 @@ from providers.base import Request, Response
 from tests.conftest import make_runtime
 from tests.test_engine import cobo, coinvoyage
 from worker import store
+from worker.demo import own_payment
 from worker.engine import Engine, spec_of
 from worker.models import refund_table
 from worker.producer import persist
@@ -157,15 +158,17 @@ def late_request(provider: str) -> dict[str, Any]:
         "cryptomus": {"order_id": order + "-amt12_00", "network": "tron"},
     }[provider]
     currency = {"coinvoyage": "USD", "coincorner": "GBP", "cryptomus": "USDT"}[provider]
-    return {
-        "idempotency_key": order,
-        "provider": provider,
-        "account": f"{provider}-sandbox",
-        "amount": "12.00",
-        "currency": currency,
-        "destination": ADDRESSES[provider],
-        "fields": fields,
-    }
+    return own_payment(
+        {
+            "idempotency_key": order,
+            "provider": provider,
+            "account": f"{provider}-sandbox",
+            "amount": "12.00",
+            "currency": currency,
+            "destination": ADDRESSES[provider],
+            "fields": fields,
+        }
+    )
 
 
 @pytest.mark.parametrize("provider", ["coinvoyage", "coincorner", "cryptomus"])

@@ -14,6 +14,7 @@ from config.producers import Producer, Producers
 from tests import messages
 from tests.conftest import make_runtime
 from worker import store
+from worker.demo import own_payment
 from worker.envelope import BadMessage, parse
 from worker.intake import IntakeConsumer, intake_sources, quarantine_key, read_request
 from worker.models import rejected_intake_table, utcnow
@@ -78,14 +79,16 @@ def _empty_queues(rt: Any) -> None:
 
 
 def cobo(key: str, amount: str = "12.00") -> dict[str, Any]:
-    return {
-        "idempotency_key": key,
-        "provider": "cobo",
-        "account": "cobo-sandbox",
-        "amount": amount,
-        "currency": "ETH_USDT",
-        "destination": "0x" + "ab" * 20,
-    }
+    return own_payment(
+        {
+            "idempotency_key": key,
+            "provider": "cobo",
+            "account": "cobo-sandbox",
+            "amount": amount,
+            "currency": "ETH_USDT",
+            "destination": "0x" + "ab" * 20,
+        }
+    )
 
 
 def push(rt: Any, *raws: bytes, queue: str = "refundq.intake") -> None:
@@ -201,7 +204,7 @@ def test_a_request_the_database_refuses_is_recorded(sandbox: Any, pg_url: str) -
     rt = make_runtime(pg_url, sandbox.accounts_file)
     _empty_queues(rt)
     with rt.engine.begin() as conn:
-        conn.execute(text("TRUNCATE refund_event, rejected_intake, refund CASCADE"))
+        conn.execute(text("TRUNCATE refund_event, rejected_intake, refund, payment CASCADE"))
     consumer = IntakeConsumer(rt)
     raws = [
         messages.intake(cobo("nul\x00key")),

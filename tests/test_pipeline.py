@@ -18,6 +18,7 @@ from sqlalchemy import text
 from tests.conftest import TEST_REDIS_URL, make_runtime
 from worker import store
 from worker.db import get_engine
+from worker.demo import own_payment
 from worker.producer import enqueue_refund
 
 pytestmark = pytest.mark.integration
@@ -37,21 +38,23 @@ FAST_STACK = {"partial_deadline_hours": 0.001}
 
 
 def cobo(i: int, code: int, run: str) -> dict[str, Any]:
-    return {
-        "idempotency_key": f"{run}-{i}",
-        "provider": "cobo",
-        "account": "cobo-sandbox",
-        "amount": str(Decimal(10 + i % 90) + Decimal(code) / 100),
-        "currency": "ETH_USDT",
-        "destination": "0x" + f"{i:040x}",
-        "fields": {},
-    }
+    return own_payment(
+        {
+            "idempotency_key": f"{run}-{i}",
+            "provider": "cobo",
+            "account": "cobo-sandbox",
+            "amount": str(Decimal(10 + i % 90) + Decimal(code) / 100),
+            "currency": "ETH_USDT",
+            "destination": "0x" + f"{i:040x}",
+            "fields": {},
+        }
+    )
 
 
 def clean(url: str) -> None:
     if url.startswith("postgresql"):
         with get_engine(url).begin() as conn:
-            conn.execute(text("TRUNCATE refund_event, rejected_intake, refund CASCADE"))
+            conn.execute(text("TRUNCATE refund_event, rejected_intake, refund, payment CASCADE"))
 
 
 def wait_final(rt: Any, ids: list[str], timeout: float, stack: Any) -> dict[str, Any]:

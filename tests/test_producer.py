@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from sandbox.accounts import write_sandbox_accounts
 from tests.conftest import make_runtime
+from worker.demo import own_payment
 from worker.models import refund_table
 from worker.producer import IdempotencyConflict, enqueue_refund, persist
 from worker.validation import ValidationFailed
@@ -33,7 +34,7 @@ def good(**changes: Any) -> dict[str, Any]:
         "fields": {},
     }
     request.update(changes)
-    return request
+    return request if "fields" in changes else own_payment(request)  # a test of fields names them all
 
 
 def rows(rt: Any) -> int:

@@ -28,7 +28,7 @@ import pytest
 from tests.conftest import SandboxServer, Stack, make_runtime, settings_env
 from tests.test_pipeline import FINAL, clean
 from worker import store
-from worker.demo import ADDRESSES
+from worker.demo import ADDRESSES, own_payment
 from worker.producer import enqueue_refund
 
 pytestmark = pytest.mark.integration
@@ -72,15 +72,17 @@ def refund_request(provider: str, i: int, code: int, run: str) -> dict[str, Any]
         "coinvoyage": {"payorder_id": order, "chain_id": 30000000000001},
         "cryptomus": {"order_id": invoice, "network": "tron"},
     }[provider]
-    return {
-        "idempotency_key": f"{run}-{i}",
-        "provider": provider,
-        "account": f"{provider}-sandbox",
-        "amount": str(amount),
-        "currency": CURRENCY[provider],
-        "destination": ADDRESSES[provider],
-        "fields": fields,
-    }
+    return own_payment(
+        {
+            "idempotency_key": f"{run}-{i}",
+            "provider": provider,
+            "account": f"{provider}-sandbox",
+            "amount": str(amount),
+            "currency": CURRENCY[provider],
+            "destination": ADDRESSES[provider],
+            "fields": fields,
+        }
+    )
 
 
 def ledger_key(provider: str, refund_id: str, request: dict[str, Any]) -> str:

@@ -105,7 +105,7 @@ def created_calls(sandbox: Any) -> int:
 @pytest.fixture
 def pg(pg_url: str) -> str:
     with get_engine(pg_url).begin() as conn:
-        conn.execute(text("TRUNCATE refund_event, rejected_intake, refund, batch CASCADE"))
+        conn.execute(text("TRUNCATE refund_event, rejected_intake, refund, batch, payment CASCADE"))
     return pg_url
 
 

@@ -53,7 +53,7 @@ def normal(n: int, run: str, providers: tuple[str, ...] = ("cobo",)) -> list[dic
 
 def clean(url: str) -> None:
     with get_engine(url).begin() as conn:
-        conn.execute(text("TRUNCATE refund_event, rejected_intake, refund CASCADE"))
+        conn.execute(text("TRUNCATE refund_event, rejected_intake, refund, payment CASCADE"))
 
 
 def statuses(rt: Any, ids: list[str]) -> dict[str, str]:

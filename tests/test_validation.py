@@ -197,19 +197,22 @@ def test_error_texts_never_carry_a_secret(sandbox: Any, sqlite_url: str) -> None
     caller logs or shows, has it scrubbed in any letter case."""
     from config.logging import register_secrets
     from tests.conftest import make_runtime
+    from worker.demo import own_payment
     from worker.producer import IdempotencyConflict, persist
 
     rt = make_runtime(sqlite_url, sandbox.accounts_file)
     secret = "Sk-Live-" + "Q" * 24
     register_secrets([secret])
-    request = {
-        "idempotency_key": "leak-" + secret,
-        "provider": "cobo",
-        "account": "cobo-sandbox",
-        "amount": "1.00",
-        "currency": "ETH_USDT",
-        "destination": "0x" + "ab" * 20,
-    }
+    request = own_payment(
+        {
+            "idempotency_key": "leak-" + secret,
+            "provider": "cobo",
+            "account": "cobo-sandbox",
+            "amount": "1.00",
+            "currency": "ETH_USDT",
+            "destination": "0x" + "ab" * 20,
+        }
+    )
     persist(request, rt)
     with pytest.raises(IdempotencyConflict) as conflict:
         persist({**request, "amount": "2.00"}, rt)

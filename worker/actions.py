@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -25,6 +26,8 @@ from providers.base import RefundStatus as S
 from worker.models import Refund
 
 RESOLUTION = "resolution"  # refund.detail key of an operator's resolution
+# Statuses in which a refund proved it paid nothing (or was never sent).
+NOT_PAID = frozenset({S.FAILED.value, S.REJECTED.value, S.CANCELLED.value})
 # Late-answer outcomes in which the provider said it did not execute the create.
 NOT_EXECUTED = frozenset({"rejected", "auth", "retryable", "rate_limited", "nonce"})
 
@@ -193,3 +196,29 @@ def may_resolve(refund: Refund, to: S, view: ProviderView, *, force: bool = Fals
             return Verdict(True, f"override by the operator ({said})")
         return Verdict(False, f"{refund.id}: {said} — not completed there; --force records an override")
     return Verdict(False, f"{refund.id}: resolve --as completed or failed, not {to.value}")
+
+
+def may_follow_up(refund: Refund, follow_ups: Sequence[tuple[str, Decimal]]) -> tuple[Verdict, Decimal]:
+    """A follow-up refund pays what a partially completed refund did not: its amount, minus what the
+    provider reports it paid, minus what live follow-ups of it already ask (`follow_ups`: (status,
+    amount) of each). Only when the provider reported the paid amount. (verdict, remainder)."""
+    zero = Decimal(0)
+    if S(refund.status) is not S.PARTIALLY_COMPLETED:
+        return Verdict(
+            False, f"{refund.id} is {refund.status}: only a partially_completed refund has a remainder"
+        ), zero
+    if refund.settled_amount is None:
+        why = "the provider did not report what it paid; look it up and resolve it instead"
+        return Verdict(False, f"{refund.id}: {why}"), zero
+    asked = sum((amount for status, amount in follow_ups if status not in NOT_PAID), zero)
+    remainder = refund.amount - refund.settled_amount - asked
+    if remainder <= 0:
+        return (
+            Verdict(
+                False,
+                f"ceiling: {refund.id} asked {refund.amount}, the provider paid {refund.settled_amount} and "
+                f"follow-ups already ask {asked}: nothing remains to follow up",
+            ),
+            zero,
+        )
+    return Verdict(True, f"the provider paid {refund.settled_amount} of {refund.amount}"), remainder

@@ -54,7 +54,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from worker.demo import ADDRESSES
+from worker.demo import ADDRESSES, own_payment
 from worker.procs import Children, free_port, http_ok, redis_answers, start_embedded_redis, wait_until
 
 FINAL = {"completed", "failed", "rejected", "needs_attention", "cancelled"}
@@ -94,22 +94,24 @@ def chaos_requests(n: int, run: str, scenarios: tuple[int, ...] = SCENARIOS) -> 
         amount = Decimal(10 + i % 500) + Decimal(code) / 100
         order = f"chaos-{run}-{i}" + (f"-sbx{code:02d}" if code else "")
         by_provider: dict[str, dict[str, Any]] = {
-            "cobo": {},
+            "cobo": {"order_id": order},
             "coincorner": {"order_id": order},
             "coinvoyage": {"payorder_id": order, "chain_id": 30000000000001},
             "cryptomus": {"order_id": order + "-amt" + format(amount, "f").replace(".", "_"), "network": "tron"},
         }
         fields = by_provider[provider]
         out.append(
-            {
-                "idempotency_key": f"chaos-{run}-{i}",
-                "provider": provider,
-                "account": f"{provider}-sandbox",
-                "amount": str(amount),
-                "currency": CURRENCIES[provider],
-                "destination": ADDRESSES[provider],
-                "fields": fields,
-            }
+            own_payment(
+                {
+                    "idempotency_key": f"chaos-{run}-{i}",
+                    "provider": provider,
+                    "account": f"{provider}-sandbox",
+                    "amount": str(amount),
+                    "currency": CURRENCIES[provider],
+                    "destination": ADDRESSES[provider],
+                    "fields": fields,
+                }
+            )
         )
     return out
 

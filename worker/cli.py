@@ -438,6 +438,20 @@ def refund_retry(
     print(done.refund_id)
 
 
+@refund_app.command("follow-up")
+def refund_follow_up(
+    refund: Annotated[str, typer.Argument(help="refund id or idempotency key (partially_completed)")],
+    by: Annotated[str, typer.Option("--by", help="who decides (recorded)")],
+    note: Annotated[str | None, typer.Option("--note", help="why (recorded)")] = None,
+) -> None:
+    """A new refund for what a partially completed one did not pay, within the payment's ceiling."""
+    from worker.operator import follow_up
+
+    done = _operator_call(lambda: follow_up(_runtime(), refund, by=by, note=note))
+    console.print(Text.assemble(_shown(f"followed up as {done.refund_id}: "), _shown(done.reason)))
+    print(done.refund_id)
+
+
 @refund_app.command("cancel")
 def refund_cancel(
     refund: Annotated[str, typer.Argument(help="refund id or idempotency key")],

@@ -40,7 +40,7 @@ from providers.base import (
     StatusResult,
     json_or_none,
 )
-from worker import store
+from worker import ceiling, store
 from worker.approval import is_approved
 from worker.breaker import Pass
 from worker.errors import MaybeSent, NotSent
@@ -374,6 +374,10 @@ class Engine:
         }
         if result.provider_refund_id:
             values["provider_refund_id"] = result.provider_refund_id
+        if result.settled_amount is not None:
+            values["settled_amount"] = result.settled_amount
+        if result.fee is not None:
+            values["fee"] = result.fee
         reason = why if not result.reason else f"{why}: {result.reason}"
         if not allowed(frm, to):
             return self._attention(
@@ -416,7 +420,7 @@ class Engine:
         with _bound(refund):
             status = S(refund.status)
             if status is S.QUEUED:
-                return self._hold_for_approval(refund) or self._claim_and_send(refund)
+                return self._hold_for_approval(refund) or self._check_payment(refund) or self._claim_and_send(refund)
             if status is S.UNKNOWN:
                 return self._resolve_unknown(refund)
             log.info("submit_skipped", status=status.value)
@@ -437,6 +441,66 @@ class Engine:
             values={"next_action_at": None},
         )
         return S.AWAITING_APPROVAL.value if held else "lost_race"
+
+    def _check_payment(self, refund: Refund) -> str | None:
+        """Before the first send of a refund whose provider reports the original payment (CoinCorner,
+        Cryptomus): read the payment, once per payment (a stored reading is used again), and judge
+        the refund against it under the payment's lock (worker/ceiling.py). Above the ceiling, or
+        a payment the provider does not know: rejected, nothing sent. None: go on and send."""
+        adapter, account, spec = self._parts(refund)
+        if not adapter.reads_payment or refund.attempts or refund.payment_key is None:
+            return None
+        with self.rt.engine.connect() as conn:
+            reading = ceiling.stored_reading(conn, refund.account, refund.payment_key)
+        if reading is None:
+            if utcnow() > refund.deadline:
+                return self._attention(refund, "deadline passed before the provider reported the original payment")
+            try:
+                response = self.call(adapter, account, lambda nonce: adapter.build_payment(spec, account, nonce))
+                reading = adapter.parse_payment(spec, account, response)
+            except ProviderError as exc:
+                if exc.kind is ErrorKind.REJECTED:
+                    return self._refuse_unsent(refund, f"the provider does not know the original payment: {exc}")
+                return self._read_later(refund, exc)
+            except (NotSent, MaybeSent) as exc:  # a read: nothing was executed either way
+                return self._read_later(refund, exc)
+        try:
+            with self.rt.engine.begin() as conn:
+                error = ceiling.admit_reading(conn, refund.id, reading)
+                if error is None:
+                    why = f"payment {reading.key}: {format(reading.amount, 'f')} {reading.currency} paid; within it"
+                    if not store.touch(conn, refund.id, S.QUEUED, {}, claim=refund.claim):
+                        raise store.LostRace(refund.id, S.QUEUED, S.QUEUED)
+                    store.add_event(conn, refund.id, S.QUEUED, why)
+                else:
+                    store.transition(
+                        conn,
+                        refund.id,
+                        S.QUEUED,
+                        S.REJECTED,
+                        reason=f"refused before sending: {error}",
+                        claim=refund.claim,
+                        values={"next_action_at": None, "last_error": str(error)[:2000]},
+                    )
+        except store.LostRace:
+            return "lost_race"
+        if error is not None:
+            log.info("status", frm="queued", to="rejected", reason=str(error))
+            return S.REJECTED.value
+        return None
+
+    def _refuse_unsent(self, refund: Refund, why: str) -> str:
+        moved = self._move(refund, S.REJECTED, reason=f"refused before sending: {why}", values={"next_action_at": None})
+        return S.REJECTED.value if moved else "lost_race"
+
+    def _read_later(self, refund: Refund, exc: BaseException) -> str:
+        retry_after = exc.retry_after if isinstance(exc, ProviderError) else None
+        delay = max(backoff(refund.polls, self.settings.retry_initial, self.settings.retry_max), retry_after or 0.0)
+        if isinstance(exc, NotSent):
+            delay = max(delay, exc.wait)
+        if not self._later(refund, delay, f"payment read: {exc}", polls=refund.polls + 1):
+            return "lost_race"
+        return "payment_read_later"
 
     def _claim_and_send(self, refund: Refund) -> str:
         """Claim a queued refund, or an unknown one whose lookup proved it absent, and send it.

@@ -80,6 +80,7 @@ class Refund(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("account", "exclusive_key", name="uq_refund_account_exclusive_key"),
         Index("ix_refund_due", "status", "next_action_at"),
+        Index("ix_refund_payment", "account", "payment_key"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -94,6 +95,15 @@ class Refund(SQLModel, table=True):
     exclusive_key: str | None = Field(default=None, max_length=200)
     batch_id: str | None = Field(default=None, max_length=40, index=True)
     retry_of: str | None = Field(default=None, max_length=40, index=True)  # the refund this one retries
+    # The original payment this refund returns money from (Adapter.payment_key; worker/ceiling.py),
+    # what the producer said was paid for it, and the refund this one completes (`refund follow-up`).
+    payment_key: str | None = Field(default=None, max_length=200)
+    paid_amount: Decimal | None = Field(default=None, sa_column=Column(Money(), nullable=True))
+    follow_up_of: str | None = Field(default=None, max_length=40, index=True)
+    # What the provider reports it paid out for this refund, and its fee (a PartiallyCompleted
+    # refund paid less than `amount`); None until it says.
+    settled_amount: Decimal | None = Field(default=None, sa_column=Column(Money(), nullable=True))
+    fee: Decimal | None = Field(default=None, sa_column=Column(Money(), nullable=True))
     status: str = Field(max_length=24)
     provider_status: str | None = Field(default=None, max_length=64)
     provider_refund_id: str | None = Field(default=None, max_length=200)
@@ -149,9 +159,27 @@ class RejectedIntake(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(TZDateTime(), nullable=False, index=True))
 
 
+class Payment(SQLModel, table=True):
+    """An original payment refunds return money from: the lock row of its ceiling. `refundable` is
+    what the customer paid, from the provider where it reports it (`source` "provider", `read_at`),
+    else from the producer's `paid_amount`; None until one of them said."""
+
+    __tablename__ = "payment"
+
+    account: str = Field(primary_key=True, max_length=100)
+    key: str = Field(primary_key=True, max_length=200)
+    currency: str = Field(max_length=32)
+    refundable: Decimal | None = Field(default=None, sa_column=Column(Money(), nullable=True))
+    source: str | None = Field(default=None, max_length=16)
+    read_at: datetime | None = Field(default=None, sa_column=Column(TZDateTime(), nullable=True))
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(TZDateTime(), nullable=False))
+
+
 refund_table = Refund.__table__  # type: ignore[attr-defined]
 event_table = RefundEvent.__table__  # type: ignore[attr-defined]
 rejected_intake_table = RejectedIntake.__table__  # type: ignore[attr-defined]
+payment_table = Payment.__table__  # type: ignore[attr-defined]
 
 
 BATCH_STATUSES = (

@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 
 from providers.base import ProviderError
 from providers.base import RefundStatus as S
-from worker import store
+from worker import ceiling, store
 from worker.actions import (
     RESOLUTION,
     ProviderView,
@@ -28,6 +28,7 @@ from worker.actions import (
     Seen,
     Verdict,
     may_cancel,
+    may_follow_up,
     may_resolve,
     may_send_again,
     provider_keeps_record,
@@ -120,6 +121,7 @@ def retry_values(old: Refund, rt: Runtime, *, batch_id: str | None = None) -> di
             "provider": old.provider,
             "account": old.account,
             "amount": format(old.amount, "f"),
+            **({} if old.paid_amount is None else {"paid_amount": format(old.paid_amount, "f")}),
             "currency": old.currency,
             "destination": old.destination,
             "fields": old.fields,
@@ -156,6 +158,8 @@ def retry(rt: Runtime, refund_id: str, *, by: str, note: str | None = None, publ
                 values = retry_values(old, rt)
             except ValidationFailed as exc:
                 verdict = Verdict(False, f"{old.id}: the retry would be invalid: {exc}")
+        if values is not None and (refused := ceiling.admit(conn, [ceiling.claim_of(values)])):
+            verdict, values = Verdict(False, f"{old.id}: the retry is refused: {refused[0][1]}"), None
         if values is not None:
             why = _why(verdict, note)
             if not hand_over(conn, old, values["id"], f"by {by}: {why}"):
@@ -168,6 +172,61 @@ def retry(rt: Runtime, refund_id: str, *, by: str, note: str | None = None, publ
         publish_submit(values["id"], rt)
     log.info("operator_retry", refund_id=old.id, retry_id=values["id"], by=by)
     return Done(values["id"], verdict.reason)
+
+
+# --- follow-up -----------------------------------------------------------------------------------
+
+
+def follow_up(rt: Runtime, refund_id: str, *, by: str, note: str | None = None, publish: bool = True) -> Done:
+    """A new refund for what a partially completed one did not pay (actions.may_follow_up), linked
+    by `follow_up_of`, within its payment's ceiling. Judged under the payment's lock, so two
+    operators at once cannot both follow up the same remainder. The old refund is final from then
+    on (no more polls): the follow-up carries the rest."""
+    by = operator_text(by, "--by", MAX_NAME)
+    note = operator_text(note, "--note", MAX_NOTE) if note else None
+    with rt.engine.begin() as conn:
+        old = _load(conn, refund_id)
+        if old.payment_key is not None:
+            ceiling.lock(conn, {(old.account, old.payment_key): old.currency})
+        earlier = store.follow_ups(conn, old.id)
+        verdict, remainder = may_follow_up(old, earlier)
+        values: dict[str, Any] | None = None
+        if verdict.allowed:
+            try:
+                values = _follow_up_values(old, remainder, len(earlier) + 1, rt)
+            except ValidationFailed as exc:
+                verdict = Verdict(False, f"{old.id}: the follow-up would be invalid: {exc}")
+        if values is not None and (refused := ceiling.admit(conn, [ceiling.claim_of(values)])):
+            verdict, values = Verdict(False, f"{old.id}: the follow-up is refused: {refused[0][1]}"), None
+        if values is not None:
+            why = _why(verdict, note)
+            store.insert_refund(conn, values, reason=f"follow-up of {old.id} by {by}: {why}")
+            store.add_event(conn, old.id, S(old.status), f"follow-up {values['id']} for {remainder} by {by}: {why}")
+            store.touch(conn, old.id, S.PARTIALLY_COMPLETED, {"next_action_at": None})
+    if values is None:
+        _refused(rt, old, "follow-up", by, verdict)
+    assert values is not None
+    if publish:
+        publish_submit(values["id"], rt)
+    log.info("operator_follow_up", refund_id=old.id, follow_up_id=values["id"], by=by, amount=str(remainder))
+    return Done(values["id"], verdict.reason)
+
+
+def _follow_up_values(old: Refund, amount: Any, n: int, rt: Runtime) -> dict[str, Any]:
+    request = check(
+        {
+            "idempotency_key": f"follow-up:{old.id}:{n}",
+            "provider": old.provider,
+            "account": old.account,
+            "amount": format(amount, "f"),
+            **({} if old.paid_amount is None else {"paid_amount": format(old.paid_amount, "f")}),
+            "currency": old.currency,
+            "destination": old.destination,
+            "fields": old.fields,
+        },
+        rt.accounts,
+    )
+    return {**refund_values(request, rt, batch_id=old.batch_id), "follow_up_of": old.id}
 
 
 # --- cancel --------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from config.logging import redact
 from config.settings import Settings
 from providers import get_adapter
 from providers.base import RefundStatus
-from worker import store
+from worker import ceiling, store
 from worker.models import Refund, utcnow
 from worker.runtime import Runtime, get_runtime
 from worker.validation import RefundRequest, ValidationFailed, check
@@ -70,10 +70,12 @@ def differing_fields(existing: Refund, request: RefundRequest) -> list[str]:
 def refund_values(request: RefundRequest, rt: Runtime, *, batch_id: str | None = None) -> dict[str, Any]:
     refund_id = new_refund_id()
     account = rt.accounts.get(request.account)
+    adapter, spec = get_adapter(request.provider), request.spec(refund_id)
     return refund_row(
         refund_id,
         request,
-        exclusive_key=get_adapter(request.provider).exclusive_key(request.spec(refund_id)),
+        exclusive_key=adapter.exclusive_key(spec),
+        payment_key=adapter.payment_key(spec),
         settings=rt.settings,
         now=utcnow(),
         batch_id=batch_id,
@@ -86,6 +88,7 @@ def refund_row(
     request: RowSource,
     *,
     exclusive_key: str | None,
+    payment_key: str,
     settings: Settings,
     now: datetime,
     batch_id: str | None = None,
@@ -110,6 +113,8 @@ def refund_row(
         "destination": request.destination,
         "fields": dict(request.fields),
         "exclusive_key": exclusive_key,
+        "payment_key": payment_key,
+        "paid_amount": request.paid_amount,
         "batch_id": batch_id,
         "status": status.value,
         "attempts": 0,
@@ -134,6 +139,8 @@ class RowSource(Protocol):
     def account(self) -> str: ...
     @property
     def amount(self) -> Decimal: ...
+    @property
+    def paid_amount(self) -> Decimal | None: ...
     @property
     def currency(self) -> str: ...
     @property
@@ -169,6 +176,9 @@ def _insert(conn: Connection, request: RefundRequest, rt: Runtime) -> Refund:
                     )
                 ]
             )
+    refused = ceiling.admit(conn, [ceiling.claim_of(values)])
+    if refused:
+        raise ValidationFailed([error for _, error in refused])
     store.insert_refund(conn, values)
     return Refund.model_validate(values)
 

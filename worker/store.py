@@ -332,6 +332,12 @@ def retried_as(conn: Connection, refund_id: str) -> str | None:
     return conn.execute(select(R.id).where(R.retry_of == refund_id).limit(1)).scalar()
 
 
+def follow_ups(conn: Connection, refund_id: str) -> list[tuple[str, Decimal]]:
+    """(status, amount) of every follow-up of this refund (`refund follow-up`)."""
+    rows = conn.execute(select(R.status, R.amount).where(R.follow_up_of == refund_id).order_by(R.created_at))
+    return [(r.status, r.amount) for r in rows]
+
+
 def hand_over(conn: Connection, old: Refund) -> bool:
     """A retry takes over from `old`: the old row gives up its invoice (one refund per invoice)
     to the new one, guarded by the version that was judged (status and updated_at), so a row that

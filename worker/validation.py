@@ -57,14 +57,19 @@ class RefundRequest(BaseModel):
     provider: str = Field(max_length=32)
     account: str = Field(min_length=1, max_length=100)
     amount: Decimal
+    # What the customer paid for the original payment (worker/ceiling.py): required the first time
+    # refundq sees a payment of a provider that does not report it.
+    paid_amount: Decimal | None = None
     currency: str = Field(min_length=1, max_length=32)
     destination: str = Field(max_length=200)
     fields: dict[str, Any] = Field(default_factory=dict)
     deadline_hours: float | None = Field(default=None, gt=0, le=24 * 90)
 
-    @field_validator("amount", mode="before")
+    @field_validator("amount", "paid_amount", mode="before")
     @classmethod
-    def _amount(cls, value: Any) -> Decimal:
+    def _amount(cls, value: Any) -> Decimal | None:
+        if value is None:
+            return value  # only paid_amount may be absent: amount is required by its type
         # Floats have already lost cents by the time they reach us (0.1 + 0.2); refuse them.
         if isinstance(value, bool | float):
             raise ValueError('must be a decimal string such as "12.50", not a float')
@@ -215,6 +220,8 @@ def validate(request: RefundRequest, accounts: Accounts) -> list[FieldError]:
     if account.provider != request.provider:
         return [FieldError("account", f"account {request.account!r} belongs to provider {account.provider!r}")]
     errors = [] if request.destination else [FieldError("destination", "must not be empty")]
+    if request.paid_amount is not None and not request.paid_amount > 0:
+        errors.append(FieldError("paid_amount", "must be greater than zero"))
     try:
         errors += get_adapter(request.provider).validate(request.spec("validation"), account)
         errors += _account_policy(request, account)

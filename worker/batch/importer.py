@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from worker import store
+from worker import ceiling, store
 from worker.batch.rows import BatchFileError, RowError, detect_format, file_hash
 from worker.batch.validate import (
     MAX_REPORTED,
@@ -222,7 +222,13 @@ def _chunk_values(items: list[Spooled], rt: Runtime, batch_id: str) -> list[dict
     return [
         {
             **refund_row(
-                refund_id, item, exclusive_key=item.exclusive_key, settings=rt.settings, now=now, batch_id=batch_id
+                refund_id,
+                item,
+                exclusive_key=item.exclusive_key,
+                payment_key=item.payment_key,
+                settings=rt.settings,
+                now=now,
+                batch_id=batch_id,
             ),
             STAGE_ROW: item.row,
         }
@@ -278,6 +284,31 @@ def _commit_stage(
     conn.execute(
         insert(event_table).from_select(["refund_id", "from_status", "to_status", "reason", "created_at"], first_event)
     )
+
+
+def _over_ceiling(conn: Connection) -> list[RowError]:
+    """In the commit's transaction: the staged refunds against their payments' ceilings
+    (worker/ceiling.py), in the file's row order, under the payments' locks. The rows refused,
+    first MAX_REPORTED; none: the payments' stated amounts are stored with the batch."""
+    row = STAGE.c[STAGE_ROW]
+    first: dict[ceiling.Key, str] = {}
+    for r in conn.execute(select(STAGE.c.account, STAGE.c.payment_key, STAGE.c.currency).order_by(row)):
+        first.setdefault((r.account, r.payment_key), r.currency)
+    ledgers = ceiling.lock(conn, first)
+    claims = (
+        ceiling.Claim(r[0], r.account, r.provider, r.payment_key, r.currency, r.amount, r.paid_amount)
+        for r in conn.execute(
+            select(row, STAGE.c.account, STAGE.c.provider, STAGE.c.payment_key, STAGE.c.currency)
+            .add_columns(STAGE.c.amount, STAGE.c.paid_amount)
+            .order_by(row)
+        )
+    )
+    refused = ceiling.judge(claims, ledgers)[:MAX_REPORTED]
+    if not refused:
+        ceiling.record(conn, ledgers)
+        return []
+    keys = dict(conn.execute(select(row, STAGE.c.idempotency_key).where(row.in_([n for n, _ in refused]))).all())
+    return [RowError(n, e.field, e.rule, keys.get(n)) for n, e in refused]
 
 
 def _conflicts(conn: Connection) -> list[RowError]:
@@ -377,6 +408,9 @@ def _store(
             stage(_chunk_values(chunk, rt, batch_id))
         try:
             with begin_write(conn):  # the one write transaction: all of it, or nothing
+                over = _over_ceiling(conn) if staged else []
+                if over:  # leaving the block rolls it all back
+                    raise BatchConflict(over, len(over), checked.rows)
                 _commit_stage(conn, target, columns, staged, reason, settings.publish_grace)
         except IntegrityError:
             if existing is None:

@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 
 from providers.base import RefundStatus
-from worker import operator, store
+from worker import ceiling, operator, store
 from worker.batch.importer import get_batch, insert_chunk, new_batch_values, publish_submits
 from worker.models import Batch, Refund, batch_table, refund_table, utcnow
 from worker.operator import retry_key  # noqa: F401  (re-exported by worker.batch)
@@ -110,8 +110,13 @@ def retry(
                 )
                 retry_batch_id = values["id"]
                 conn.execute(insert(batch_table).values(**values))
+            # The ceiling, in page order: a retry counts once its old attempt proved nothing paid.
+            over = dict(ceiling.admit(conn, [ceiling.claim_of(v, i) for i, (_, v, _) in enumerate(planned)]))
             accepted: list[dict[str, Any]] = []
-            for refund, v, why in planned:
+            for i, (refund, v, why) in enumerate(planned):
+                if i in over:
+                    skipped.append(f"{refund.id}: the retry is refused: {over[i]}")
+                    continue
                 text = f"in batch {retry_batch_id} by {by}: {why}"
                 if not operator.hand_over(conn, refund, v["id"], text):
                     skipped.append(f"{refund.id}: its status changed meanwhile")

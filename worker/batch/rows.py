@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 REQUIRED_COLUMNS = ("idempotency_key", "provider", "account", "amount", "currency", "destination")
-OPTIONAL_COLUMNS = ("fields", "deadline_hours")
+OPTIONAL_COLUMNS = ("fields", "deadline_hours", "paid_amount")
 FIELD_PREFIX = "fields."  # CSV: one column per provider field, e.g. `fields.order_id`
 
 
@@ -114,7 +114,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
                             error = RowError(n, "fields", "must be a JSON object")
                             break
                         fields.update(parsed)
-                elif name == "deadline_hours":
+                elif name in ("deadline_hours", "paid_amount"):
                     if value.strip():
                         data[name] = value.strip()
                 else:

@@ -156,7 +156,8 @@ def _check_db(conn: Connection, pending: list[tuple[int, RefundRequest, str | No
 
 # What pass 1 hands to pass 2 for each valid row, through the spool file: the checked values, so
 # the file is not read, parsed and validated a second time.
-# (row, key, provider, account, amount, currency, destination, fields, exclusive key, deadline hours)
+# (row, key, provider, account, amount, currency, destination, fields, exclusive key, deadline hours,
+# paid amount, payment key)
 class Spooled(NamedTuple):
     """A validated row, carried from pass 1 to pass 2 (fields named as producer.refund_row reads them)."""
 
@@ -170,6 +171,8 @@ class Spooled(NamedTuple):
     fields: dict[str, Any]
     exclusive_key: str | None
     deadline_hours: float | None
+    paid_amount: Decimal | None
+    payment_key: str
 
 
 def spool_block(spool: IO[bytes], block: list[Spooled]) -> None:
@@ -239,6 +242,8 @@ def validate_file(path: Path, fmt: str, rt: Runtime, progress: Progress | None, 
                 parsed.fields,
                 inv,
                 parsed.deadline_hours,
+                parsed.paid_amount,
+                _adapter(parsed.provider).payment_key(parsed.spec("validation")),
             )
         )
         if len(pending) >= LOOKUP_CHUNK:
