@@ -22,6 +22,11 @@ Assumptions taken from cobo.md §9 (Unknown):
 Reads (`parse_status`, `parse_lookup`) never execute anything, so every answer that would be AMBIGUOUS for a
 create (5xx, unsigned 2xx) is RETRYABLE there.
 
+Settled amount and fee (`StatusResult.settled_amount` / `fee`): a Completed or PartiallyCompleted refund settles the
+sum of its `Completed` transactions' `amount` (None without transactions, or when one amount is unreadable: never a
+guess); `fee` is the refund's `commission_fee` when it is a number. `detail["amount"]` stays the refund's requested
+`amount`, which the worker's integrity check compares with ours.
+
 Statuses: Cobo answers with refund records only, so `STATUS_TABLE` holds REFUND entries only (one per documented
 status, spec §1 "Refund statuses"); poll, lookup, submit and webhooks all read it.
 
@@ -339,7 +344,31 @@ def to_status_result(refund: Mapping[str, Any]) -> StatusResult:
         provider_refund_id=str(refund_id) if refund_id else None,
         reason=reason,
         detail=detail,
+        settled_amount=_settled(refund) if status in _SETTLING else None,
+        fee=_decimal(refund.get("commission_fee")),
     )
+
+
+#: Final statuses that paid something: before them more transactions may still complete; Failed paid nothing.
+_SETTLING: Final = frozenset({RefundStatus.COMPLETED, RefundStatus.PARTIALLY_COMPLETED})
+
+
+def _settled(refund: Mapping[str, Any]) -> Decimal | None:
+    """The sum of the Completed transactions' amounts; None without transactions or with an unreadable one:
+    a wrong sum would misstate what left the wallet."""
+    transactions = refund.get("transactions")
+    if not isinstance(transactions, list) or not transactions:
+        return None
+    total = Decimal(0)
+    for tx in transactions:
+        if not isinstance(tx, dict):
+            return None
+        if tx.get("status") == "Completed":
+            amount = _decimal(tx.get("amount"))
+            if amount is None:
+                return None
+            total += amount
+    return total
 
 
 # --- the adapter ---------------------------------------------------------------------------------
@@ -357,7 +386,8 @@ OPTIONAL_FIELDS = (
 
 
 def _decimal(value: Any) -> Decimal | None:
-    """A money value from spec.fields: Decimal, int or plain decimal string; never float."""
+    """A money value from spec.fields or a Cobo answer (JSON numbers read as Decimal): Decimal, int or plain
+    decimal string; never float. None for anything else, "" included."""
     if isinstance(value, bool | float):
         return None
     if isinstance(value, str):

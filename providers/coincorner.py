@@ -41,6 +41,12 @@ Assumptions taken from the spec's "Unknown / assumptions" section (§9), as reco
 
 CheckOrder reports the ORDER status, never the refunded amount or address, so StatusResult.detail carries no
 "amount"/"destination"/"currency" for CoinCorner: integrity checks on those cannot be done from the provider.
+
+The refundable amount (`build_payment` / `parse_payment`) is the order's `InvoiceAmount` in `InvoiceCurrency`, read
+with a signed GetOrder (spec §1, [S4]); refunds of one OrderId may add up to at most that (PaymentRule.WITHIN).
+GetOrder of an order CoinCorner does not know answers the CheckOrder error shape (`Error`, `OrderStatusText` "N/A"):
+before any send that is a refusal (REJECTED), not the NEEDS_ATTENTION a poll makes of it once a refund may exist.
+JSON numbers are read as Decimal (ASP.NET writes a C# decimal as a number): money never passes through float.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, TypedDict
 from urllib.parse import parse_qsl, quote_plus
@@ -73,9 +80,11 @@ from providers.base import (
     StatusResult,
     check_amount,
     json_or_none,
+    parse_plain_decimal,
     plain_decimal,
     read_status,
 )
+from providers.coinvoyage import json_loads
 from providers.readings import read_result
 
 if TYPE_CHECKING:
@@ -128,6 +137,19 @@ class CheckOrderAnswer(TypedDict, total=False):
     OrderStatus: int | str
     OrderStatusText: str
     Error: str  # with OrderStatusText "N/A": unknown / invalid order (OpenCart plugin)
+
+
+class GetOrderAnswer(TypedDict, total=False):
+    """GetOrder (spec §1, [S4]): the fields we read; the amounts arrive as JSON numbers (read as Decimal)."""
+
+    OrderId: str
+    PaymentAddress: str
+    InvoiceAmount: Decimal | int | str
+    InvoiceCurrency: str
+    SettleAmount: Decimal | int | str
+    SettleCurrency: str
+    OrderStatusText: str  # with Error: unknown order, as CheckOrder answers it
+    Error: str
 
 
 class ErrorAnswer(TypedDict, total=False):
@@ -427,10 +449,39 @@ class CoinCornerAdapter:
         return f"order:{_order_id(spec)}"
 
     def build_payment(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
-        raise NotImplementedError  # TODO(helper): GetOrder
+        return self.build_get_order(_order_id(spec), account, nonce)
 
     def parse_payment(self, spec: RefundSpec, account: Account, resp: Response) -> PaymentReading:
-        raise NotImplementedError  # TODO(helper): GetOrder
+        """The order's InvoiceAmount / InvoiceCurrency. REJECTED when CoinCorner does not know the order."""
+        if resp.status_code != 200:
+            raise classify_error(resp, submit=False)
+        order_id = _order_id(spec)
+        data = json_loads(resp.body)  # numbers as Decimal
+        if not isinstance(data, dict):
+            raise ProviderError(ErrorKind.RETRYABLE, f"{NAME}: GetOrder answer is not a JSON object", http_status=200)
+        answer: GetOrderAnswer = data  # type: ignore[assignment]
+        missing: str | None = None
+        if answer_error(data):
+            refusal = classify_answer_error(resp, submit=False)
+            if refusal.kind is not ErrorKind.REJECTED:
+                raise refusal  # a nonce or credentials refusal in the body: not an answer about the order
+            missing = str(answer.get("Error") or UNKNOWN_ORDER)
+        elif answer.get("InvoiceAmount") is None:
+            missing = "no InvoiceAmount"
+        if missing is not None:
+            raise ProviderError(ErrorKind.REJECTED, f"{NAME}: order {order_id} not found: {missing}", http_status=200)
+        if answer.get("OrderId") is not None and str(answer["OrderId"]) != order_id:
+            raise ProviderError(ErrorKind.RETRYABLE, f"{NAME}: GetOrder answered for another order", http_status=200)
+        amount = _invoice_amount(answer.get("InvoiceAmount"))
+        currency = answer.get("InvoiceCurrency")
+        if amount is None or not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
+            # The order exists but its amount cannot be read: never guess a ceiling; ask again, then a person.
+            shown = {k: answer.get(k) for k in ("InvoiceAmount", "InvoiceCurrency")}
+            raise ProviderError(
+                ErrorKind.UNSURE, f"{NAME}: order {order_id} has no readable invoice amount: {shown}", http_status=200
+            )
+        detail = {k: plain_decimal(v) if isinstance(v, Decimal) else v for k, v in data.items()}
+        return PaymentReading(key=f"order:{order_id}", amount=amount, currency=currency, detail=detail)
 
     def refund_params(self, spec: RefundSpec, account: Account) -> RefundOrderParams:
         return RefundOrderParams(
@@ -478,7 +529,7 @@ class CoinCornerAdapter:
         return _read(raw, answer, _order_id(spec), lookup=True)
 
     def build_get_order(self, order_id: str, account: Account, nonce: int) -> Request:
-        """Order details (invoice/settle amounts); not needed by the worker, kept for operators."""
+        """Order details (invoice/settle amounts): the payment read (`build_payment`), and operators."""
         return build_call(account, GET_ORDER, OrderParams(order_id).as_params(), nonce)
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, account: Account) -> StatusResult:
@@ -496,6 +547,19 @@ class CoinCornerAdapter:
         if raw is None or isinstance(raw, bool) or str(raw).strip() == "":
             return StatusResult(status=RefundStatus.PENDING, raw_status="callback", provider_refund_id=order)
         return _polled(str(raw).strip(), fields, order or "")
+
+
+def _invoice_amount(value: Any) -> Decimal | None:
+    """A positive finite InvoiceAmount (JSON number or plain decimal string), else None."""
+    if isinstance(value, str):
+        try:
+            value = parse_plain_decimal(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        return None
+    amount = Decimal(value)
+    return amount if amount.is_finite() and amount > 0 else None
 
 
 def _webhook_fields(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:

@@ -42,6 +42,12 @@ Assumptions (spec §9 "Unknown", recommended choices, and the lead's decisions)
   life); the invoice uuid reported by Cryptomus goes in `detail["invoice_uuid"]`.
 - Payment info carries no refund destination, so `detail["destination"]` is never set.
 - Webhooks carry `sign` in the body: verified by re-encoding PHP-style (never over the raw bytes).
+
+The original payment (`build_payment` / `parse_payment`): the refundable amount is the invoice `amount` (in its
+`currency`) that `v1/payment/info` reports, the same signed request as a poll. The refund call carries no amount and
+returns the whole invoice, so a refund must EQUAL that amount (PaymentRule.WHOLE). The reading is keyed by the
+invoice uuid Cryptomus reports (`invoice:<uuid>`), also when the refund names only the order_id. `Payment was not
+found` (422) is REJECTED there: no invoice, nothing to refund. An unreadable amount is UNSURE: never guessed.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ from providers.base import (
     StatusResult,
     check_amount,
     json_or_none,
+    parse_plain_decimal,
     read_status,
 )
 from providers.readings import read_result
@@ -484,10 +491,42 @@ class CryptomusAdapter:
         return self.exclusive_key(spec) or ""
 
     def build_payment(self, spec: RefundSpec, account: Account, nonce: int) -> Request:
-        raise NotImplementedError  # TODO(helper): payment/info
+        return self.build_status(spec, account, nonce)  # payment/info of the invoice
 
     def parse_payment(self, spec: RefundSpec, account: Account, resp: Response) -> PaymentReading:
-        raise NotImplementedError  # TODO(helper): payment/info
+        """The invoice `amount` / `currency`, keyed by the uuid Cryptomus reports. REJECTED for an unknown
+        invoice."""
+        ref = _invoice_ref(spec)
+        named = ", ".join(f"{k} {v}" for k, v in ref.items())
+        if resp.status_code == 422 and _message(json_or_none(resp.body)) == PAYMENT_NOT_FOUND:
+            raise ProviderError(
+                ErrorKind.REJECTED, f"{NAME}: invoice ({named}) not found: {PAYMENT_NOT_FOUND}", http_status=422
+            )
+        info = self._info(resp)
+        uuid, order_id = info.get("uuid"), info.get("order_id")
+        if (
+            not isinstance(uuid, str)
+            or not _UUID.fullmatch(uuid)
+            or ("uuid" in ref and uuid.lower() != ref["uuid"].lower())
+            or ("order_id" in ref and order_id is not None and str(order_id) != ref["order_id"])
+        ):
+            # Keyed by what the answer says: an answer about another invoice would set its ceiling.
+            raise ProviderError(
+                ErrorKind.RETRYABLE,
+                f"{NAME}: payment info is not about invoice ({named})",
+                http_status=resp.status_code,
+            )
+        amount, currency = _paid_amount(info.get("amount")), info.get("currency")
+        if amount is None or not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
+            shown = {k: info.get(k) for k in ("amount", "currency")}
+            raise ProviderError(
+                ErrorKind.UNSURE,
+                f"{NAME}: invoice {uuid} has no readable amount: {shown}",
+                http_status=resp.status_code,
+            )
+        fields = ("uuid", "order_id", "amount", "currency", "status", "payment_status")
+        detail = {name: info.get(name) for name in fields}
+        return PaymentReading(key=f"invoice:{uuid.lower()}", amount=amount, currency=currency, detail=detail)
 
     # --- requests ---
 
@@ -579,6 +618,18 @@ class CryptomusAdapter:
         result = self._read(payload, refund_ref, lookup=False)
         assert result is not None
         return result
+
+
+def _paid_amount(value: Any) -> Decimal | None:
+    """A positive invoice amount: a plain decimal string as Cryptomus writes amounts (spec §6), else None (a JSON
+    number has been through float already)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        amount = parse_plain_decimal(value)
+    except ValueError:
+        return None
+    return amount if amount > 0 else None
 
 
 def _detail(info: Mapping[str, Any]) -> dict[str, Any]:

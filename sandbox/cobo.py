@@ -12,6 +12,11 @@ Faithful to shared/providers/cobo.md where it matters to refundq:
 - lifecycle on `state.phase`: Pending -> Processing -> Completed / Failed / PartiallyCompleted; a refund
   without `to_address` (or the ACTION_REQUIRED scenario until funded) stays PendingConfirmation until a
   `PUT /v2/payments/refunds/{id}` gives an address; amount / to_address / token_id come from the ledger entry.
+- transactions (from Processing on) carry the fields the official SDK requires: tx_id, tx_hash, token_id,
+  from_address (a fixed sandbox refund wallet per chain), to_address, amount, status, created_timestamp,
+  updated_timestamp. One transaction (Broadcasting, then Completed / Failed with the refund), except
+  PartiallyCompleted: two, a `Completed` one carrying 60% of the amount rounded DOWN to cents and a `Failed`
+  one carrying the rest (80.00 -> 48.00 completed + 32.00 failed; 0.01 -> 0.00 + 0.01).
 
 Scenarios: all thirteen have a counterpart. RATE_LIMITED -> 429 / 2010, SERVER_ERROR -> 500 / 1000, REJECTED ->
 400 / 12007 "Insufficient balance", UNDOCUMENTED_STATUS -> "Frozen" after the first phase, ACTION_REQUIRED
@@ -27,19 +32,22 @@ failed_reason "Cancelled by merchant".
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
 import uuid
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from functools import partial
 from typing import Any
 
+import base58
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from providers import cobo
+from providers.addresses import family_for_token
 from providers.base import decimal_places
 from sandbox.core import LedgerEntry, Phase, SandboxState, Scenario, scenario_for
 
@@ -47,12 +55,27 @@ PROVIDER = "cobo"
 MOUNT = "/cobo"
 UNDOCUMENTED_STATUS = "Frozen"
 CANCELLED_REASON = "Cancelled by merchant"
+PARTIAL_SHARE = Decimal("0.6")  # of a PartiallyCompleted refund's amount, paid by its Completed transaction
 
 
 def error(status_code: int, code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """Cobo's error shape (cobo.md §4)."""
     body = {"error_code": code, "error_message": message, "error_id": uuid.uuid4().hex}
     return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def partial_split(amount: Decimal) -> tuple[Decimal, Decimal]:
+    """(completed, failed) parts of a PartiallyCompleted refund: PARTIAL_SHARE of it, rounded down to cents."""
+    completed = (amount * PARTIAL_SHARE).quantize(Decimal("0.01"), rounding=ROUND_DOWN)
+    return completed, amount - completed
+
+
+def refund_wallet(token_id: str) -> str:
+    """The merchant's refund wallet on the token's chain (deterministic, well-formed for the chain)."""
+    seed = hashlib.sha256(f"sandbox-refund-wallet:{token_id.split('_', 1)[0]}".encode()).digest()[:20]
+    if family_for_token(token_id) == "tron":
+        return base58.b58encode_check(b"\x41" + seed).decode("ascii")
+    return "0x" + seed.hex()
 
 
 def routes(state: SandboxState) -> list[BaseRoute]:
@@ -142,19 +165,6 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         status, failed_reason = raw_status(entry)
         extra = extras.get(entry.provider_refund_id, {})
         token = entry.currency or ""
-        transactions: list[dict[str, Any]] = []
-        if status in ("Processing", "Completed", "Failed", "PartiallyCompleted"):
-            tx_status = {"Processing": "Broadcasting", "Failed": "Failed"}.get(status, "Completed")
-            transactions.append(
-                {
-                    "tx_id": "tx-" + entry.provider_refund_id,
-                    "tx_hash": "0x" + uuid.uuid5(uuid.NAMESPACE_URL, entry.provider_refund_id).hex * 2,
-                    "token_id": token,
-                    "to_address": entry.destination or "",
-                    "amount": entry.amount or "",
-                    "status": tx_status,
-                }
-            )
         return {
             "request_id": entry.refund_key,
             "refund_id": entry.provider_refund_id,
@@ -170,12 +180,37 @@ def routes(state: SandboxState) -> list[BaseRoute]:
             "created_timestamp": int(entry.created_at),
             "updated_timestamp": int(time.time()),
             "initiator": "API",
-            "transactions": transactions,
+            "transactions": transactions(entry, status),
             "charge_merchant_fee": extra.get("charge_merchant_fee", False),
             "merchant_fee_amount": extra.get("merchant_fee_amount", ""),
             "merchant_fee_token_id": extra.get("merchant_fee_token_id", ""),
             "commission_fee": None,
         }
+
+    def transactions(entry: LedgerEntry, status: str) -> list[dict[str, Any]]:
+        """The refund's on-chain transfers: none before Processing; PartiallyCompleted splits the amount."""
+        if status not in ("Processing", "Completed", "Failed", "PartiallyCompleted"):
+            return []
+        if status == "PartiallyCompleted" and entry.amount:
+            completed, failed = partial_split(Decimal(entry.amount))
+            parts = [("Completed", format(completed, "f")), ("Failed", format(failed, "f"))]
+        else:
+            parts = [({"Processing": "Broadcasting", "Failed": "Failed"}.get(status, "Completed"), entry.amount or "")]
+        updated = int(time.time())
+        return [
+            {
+                "tx_id": f"tx-{entry.provider_refund_id}-{n}",
+                "tx_hash": "0x" + uuid.uuid5(uuid.NAMESPACE_URL, f"{entry.provider_refund_id}/{n}").hex * 2,
+                "token_id": entry.currency or "",
+                "from_address": refund_wallet(entry.currency or ""),
+                "to_address": entry.destination or "",
+                "amount": amount,
+                "status": tx_status,
+                "created_timestamp": int(entry.created_at),
+                "updated_timestamp": updated,
+            }
+            for n, (tx_status, amount) in enumerate(parts, 1)
+        ]
 
     def by_refund_id(key_id: str, refund_id: str) -> LedgerEntry | None:
         return next(

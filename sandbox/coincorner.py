@@ -1,6 +1,7 @@
 """CoinCorner emulator, mounted under /coincorner: POST /api/RefundOrder, /api/CheckOrder, /api/GetOrder.
 
-Faithful to shared/providers/coincorner.md: form or JSON bodies (ASP.NET model binding), auth in the body
+Faithful to shared/providers/coincorner.md: form or JSON bodies (ASP.NET model binding, so field names are
+case-insensitive: `nonce`, `orderid`, `apikey` bind like `Nonce`, `OrderId`, `APIKey`), auth in the body
 (`APIKey`, `Signature`, `Nonce`), errors in the ASP.NET Web API shape `{"Message": "..."}`.
 
 - The account is found by lower(APIKey) among the coincorner accounts; the HMAC signature is verified with the
@@ -20,8 +21,16 @@ Faithful to shared/providers/coincorner.md: form or JSON bodies (ASP.NET model b
   TRICKLE_FILLER whitespace trickles instead; the adapter reads no body), ANSWER_LOST (refunded, connection
   closed unanswered). FAILED, PARTIAL and ACTION_REQUIRED have no CoinCorner counterpart (no failure
   status, no human step is documented) and behave as NORMAL.
+- Orders: every OrderId names a paid order (Complete) with an invoice of 1000.00 GBP, unless a marker
+  `amt<units>[_<fraction>]` in it sets another amount (`amt25_50` -> 25.50). GetOrder reports it as
+  `InvoiceAmount` / `SettleAmount` (JSON numbers keeping their scale, as JSON.NET writes a C# decimal), currency
+  GBP. A RefundOrder above the invoice amount answers 400 "Refund amount exceeds the order amount" (the real
+  text is undocumented).
+- An OrderId containing `missing` names an order CoinCorner does not know: CheckOrder and GetOrder answer 200
+  `{"OrderId": null, "OrderStatusText": "N/A", "Error": "Invalid OrderId"}` (the unknown-order answer the
+  plugins handle, spec §1), as for an empty OrderId; RefundOrder answers 400 "Invalid OrderId".
 - CheckOrder/GetOrder carry no refund amount or address (the real API has none), so amount drift cannot show
-  here; GetOrder reports the ledger amount as the invoice amount only for a readable demo.
+  here.
 """
 
 from __future__ import annotations
@@ -38,10 +47,24 @@ from starlette.routing import BaseRoute, Route
 
 from config.accounts import Account
 from providers.coincorner import NAME, STATUS_TEXT, signature_matches
+from providers.coinvoyage import json_dumps
 from sandbox.core import LedgerEntry, Phase, SandboxState, Scenario, scenario_for
+from sandbox.cryptomus import marked_amount
 
 _NO_COUNTERPART = {Scenario.FAILED, Scenario.PARTIAL, Scenario.ACTION_REQUIRED}
 UNDOCUMENTED_STATUS = -7
+DEFAULT_INVOICE_AMOUNT = Decimal("1000.00")
+INVOICE_CURRENCY = "GBP"
+UNKNOWN_ORDER_MARKER = "missing"
+# ASP.NET model binding matches field names case-insensitively; these are the names the handlers read.
+_FIELD_NAMES = {
+    name.lower(): name for name in ("APIKey", "Signature", "Nonce", "OrderId", "Amount", "Address", "RefundType")
+}
+UNKNOWN_ORDER_ANSWER = {"OrderId": None, "OrderStatusText": "N/A", "Error": "Invalid OrderId"}
+
+
+def known_order(order_id: str) -> bool:
+    return bool(order_id) and UNKNOWN_ORDER_MARKER not in order_id
 
 
 def _message(text: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -54,15 +77,17 @@ async def _fields(request: Request) -> dict[str, str] | None:
     raw = await request.body()
     try:
         if content_type == "application/x-www-form-urlencoded":
-            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
-        if content_type in ("application/json", "text/json"):
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True)
+        elif content_type in ("application/json", "text/json"):
             data = json.loads(raw or b"{}")
             if not isinstance(data, dict):
                 return None
-            return {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+            pairs = [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in data.items()]
+        else:
+            return None
     except (UnicodeDecodeError, ValueError):
         return None
-    return None
+    return {_FIELD_NAMES.get(name.lower(), name): value for name, value in pairs}
 
 
 class _Call:
@@ -112,6 +137,10 @@ def routes(state: SandboxState) -> list[BaseRoute]:
             amount = Decimal("NaN")
         if not amount.is_finite() or amount <= 0:
             return _message("Invalid amount", 400)
+        if not known_order(order_id):
+            return _message("Invalid OrderId", 400)
+        if amount > marked_amount(DEFAULT_INVOICE_AMOUNT, order_id):
+            return _message("Refund amount exceeds the order amount", 400)
         if state.find(NAME, call.key_id, order_id) is not None:
             state.count_create_call(NAME, call.key_id, order_id)
             return _message("Order already refunded", 400)
@@ -169,8 +198,8 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         if isinstance(call, Response):
             return call
         order_id = call.fields.get("OrderId", "")
-        if not order_id:
-            return JSONResponse({"OrderId": None, "OrderStatusText": "N/A", "Error": "Invalid OrderId"})
+        if not known_order(order_id):
+            return JSONResponse(UNKNOWN_ORDER_ANSWER)
         status = order_status(state.find(NAME, call.key_id, order_id))
         text = STATUS_TEXT.get(str(status), "Unknown")
         return JSONResponse({"OrderId": order_id, "OrderStatus": status, "OrderStatusText": text})
@@ -180,19 +209,19 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         if isinstance(call, Response):
             return call
         order_id = call.fields.get("OrderId", "")
-        if not order_id:
-            return JSONResponse({"OrderId": None, "OrderStatusText": "N/A", "Error": "Invalid OrderId"})
-        entry = state.find(NAME, call.key_id, order_id)
-        amount = entry.amount if entry and entry.amount else "10.00"
+        if not known_order(order_id):
+            return JSONResponse(UNKNOWN_ORDER_ANSWER)
+        amount = marked_amount(DEFAULT_INVOICE_AMOUNT, order_id)
         body: dict[str, Any] = {
             "OrderId": order_id,
             "PaymentAddress": "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4",  # BIP-173 test vector: a valid checksum
             "InvoiceAmount": amount,
-            "InvoiceCurrency": "GBP",
+            "InvoiceCurrency": INVOICE_CURRENCY,
             "SettleAmount": amount,
-            "SettleCurrency": "GBP",
+            "SettleCurrency": INVOICE_CURRENCY,
         }
-        return JSONResponse(body)
+        # JSON.NET writes a C# decimal as a number keeping its scale (25.50): json_dumps writes Decimal so.
+        return Response(json_dumps(body), media_type="application/json")
 
     return [
         Route("/api/RefundOrder", refund_order, methods=["POST"]),

@@ -17,6 +17,11 @@ Faithful to shared/providers/cryptomus.md where it is documented:
 - Lifecycle on the clock: no refund -> `paid`; PENDING and PROCESSING phases -> `refund_process`; FINAL ->
   `refund_paid` (`refund_fail` in the FAILED scenario). `payment_status` stays `paid`.
 - No nonce, no timestamp, no idempotency key: Cryptomus has none.
+- payment/info (and each payment/list item) carries the fields the real API returns (spec §1): uuid, order_id,
+  amount, payment_amount, payer_amount, payer_currency, currency, merchant_amount (amount less a 2% commission),
+  network `tron`, address (the deposit address) and from (the payer's), txid, payment_status, url, expired_at
+  (an hour after creation), status, is_final, additional_data, created_at (first sight of the invoice) and
+  updated_at (the refund's creation, if any), with deterministic values per invoice.
 
 Scenarios (marker `sbxNN` in the order_id or uuid; a refund call carries no amount):
 FAILED -> refund_fail; SLOW -> 10x slower; RATE_LIMITED -> first refund call 429 `Too Many Attempts.` with
@@ -36,15 +41,18 @@ amount) shows in `payment/info`. Payment info has no refund destination field: d
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 import re
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import base58
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -58,6 +66,9 @@ CURRENCY = "USDT"
 ALREADY_REFUNDED = "You can make a refund only once"
 NOT_FOUND = "Payment was not found"
 UNDOCUMENTED_STATUS = "refund_hold"
+NETWORK = "tron"
+COMMISSION = Decimal("0.02")  # the merchant's fee: merchant_amount = amount less it
+INVOICE_LIFETIME = 3600  # seconds from creation to `expired_at`
 _AMOUNT_MARKER = re.compile(r"amt(\d{1,12})(?:_(\d{1,8}))?")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ORDER_ID = re.compile(r"[\w-]{1,128}")
@@ -89,11 +100,23 @@ def _rate_limited(seconds: float) -> JSONResponse:
     return response
 
 
-def _amount(*texts: str | None) -> Decimal:
+def marked_amount(default: Decimal, *texts: str | None) -> Decimal:
+    """The amount an `amt<units>[_<fraction>]` marker in the first marked text sets (`amt25_50` -> 25.50), else
+    `default`. The CoinCorner sandbox marks its orders the same way."""
     for text in texts:
         if text and (m := _AMOUNT_MARKER.search(text)):
             return Decimal(f"{m.group(1)}.{m.group(2) or '00'}")
-    return DEFAULT_AMOUNT
+    return default
+
+
+def _tron_address(seed: str) -> str:
+    """A well-formed TRON address (base58check, version 0x41), the same for the same seed."""
+    return base58.b58encode_check(b"\x41" + hashlib.sha256(seed.encode()).digest()[:20]).decode("ascii")
+
+
+def _timestamp(epoch: float) -> str:
+    """Cryptomus's `created_at` / `updated_at` form: ISO 8601 seconds with the UTC offset."""
+    return datetime.fromtimestamp(int(epoch), UTC).isoformat()
 
 
 def _reference_errors(data: dict[str, Any]) -> dict[str, list[str]]:
@@ -113,6 +136,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
     # (merchant, order_id) -> invoice uuid and back, learnt when a call names both.
     uuid_by_order: dict[tuple[str, str], str] = {}
     order_by_uuid: dict[tuple[str, str], str] = {}
+    created_at: dict[str, float] = {}  # invoice uuid -> when the sandbox first saw it (its creation)
 
     def invoice(merchant: str, data: dict[str, Any]) -> Invoice:
         order_id = str(data["order_id"]) if data.get("order_id") else None
@@ -127,10 +151,11 @@ def routes(state: SandboxState) -> list[BaseRoute]:
             invoice_uuid = uuid_by_order.get((merchant, order_id)) or str(
                 uuidlib.uuid5(_NAMESPACE, f"{merchant}:{order_id}")
             )
+        created_at.setdefault(invoice_uuid, time.time())
         return Invoice(
             invoice_uuid,
             order_id,
-            _amount(order_id, invoice_uuid),
+            marked_amount(DEFAULT_AMOUNT, order_id, invoice_uuid),
             scenario_for(None, order_id, invoice_uuid),
         )
 
@@ -151,6 +176,8 @@ def routes(state: SandboxState) -> list[BaseRoute]:
     def payment(inv: Invoice, entry: LedgerEntry | None) -> dict[str, Any]:
         amount = entry.amount if entry is not None and entry.amount is not None else format(inv.amount, "f")
         status = raw_status(entry)
+        created = created_at.setdefault(inv.uuid, entry.created_at if entry is not None else time.time())
+        merchant_amount = (Decimal(amount) * (1 - COMMISSION)).quantize(Decimal("0.00000001"))
         return {
             "uuid": inv.uuid,
             "order_id": inv.order_id,
@@ -161,12 +188,19 @@ def routes(state: SandboxState) -> list[BaseRoute]:
             "discount": "0.00000000",
             "payer_currency": CURRENCY,
             "currency": entry.currency if entry is not None and entry.currency else CURRENCY,
-            "network": "tron",
+            "merchant_amount": format(merchant_amount, "f"),
+            "network": NETWORK,
+            "address": _tron_address(f"deposit:{inv.uuid}"),
+            "from": _tron_address(f"payer:{inv.uuid}"),
             "txid": uuidlib.uuid5(_NAMESPACE, inv.uuid).hex * 2,
             "payment_status": "paid",
+            "url": f"https://pay.cryptomus.com/pay/{inv.uuid}",
+            "expired_at": int(created) + INVOICE_LIFETIME,
             "status": status,
             "is_final": status != "refund_process",
             "additional_data": None,
+            "created_at": _timestamp(created),
+            "updated_at": _timestamp(max(created, entry.created_at) if entry is not None else created),
         }
 
     async def authenticate(request: Request) -> tuple[Account, dict[str, Any]] | Response:
@@ -279,9 +313,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
             order_id = e.provider_refund_id if e.provider_refund_id != e.refund_key else None
             # The amount shown comes from the ledger entry (drift included), not from the invoice.
             inv = Invoice(e.refund_key, order_id, DEFAULT_AMOUNT, Scenario(e.scenario))
-            items.append(
-                payment(inv, e) | {"created_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(e.created_at))}
-            )
+            items.append(payment(inv, e))
         paginate = {
             "count": len(items),
             "hasPages": False,
