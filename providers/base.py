@@ -7,6 +7,7 @@ request, so timeouts, pooling, redaction and metrics live in one place.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -313,9 +314,31 @@ def check_amount(amount: Decimal, *, max_places: int, field_name: str = "amount"
     return []
 
 
-def json_or_none(body: bytes) -> Any:
-    import json
+def json_dumps(value: Any) -> str:
+    """Compact JSON where a Decimal becomes a JSON number written from its own text (never a float)."""
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError("a JSON number must be finite")
+        return plain_decimal(value)
+    if isinstance(value, float):
+        raise TypeError("floats are not written: use Decimal for amounts")
+    if isinstance(value, Mapping):
+        items = (f"{json.dumps(str(k), ensure_ascii=False)}:{json_dumps(v)}" for k, v in value.items())
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(json_dumps(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
 
+
+def json_loads(body: bytes) -> Any:
+    """Parse an answer keeping numbers exact (`ui_amount` etc. become Decimal). None if not JSON."""
+    try:
+        return json.loads(body, parse_float=Decimal) if body else None
+    except ValueError:
+        return None
+
+
+def json_or_none(body: bytes) -> Any:
     try:
         return json.loads(body) if body else None
     except ValueError:

@@ -79,12 +79,12 @@ from providers.base import (
     Response,
     StatusResult,
     check_amount,
+    json_loads,
     json_or_none,
     parse_plain_decimal,
     plain_decimal,
     read_status,
 )
-from providers.coinvoyage import json_loads
 from providers.readings import read_result
 
 if TYPE_CHECKING:
@@ -443,7 +443,7 @@ class CoinCornerAdapter:
     # -- the original payment: GetOrder reports InvoiceAmount / InvoiceCurrency (spec §3) --
 
     payment_rule: PaymentRule = PaymentRule.WITHIN
-    reads_payment: bool = False  # TEMP until build_payment lands
+    reads_payment: bool = True
 
     def payment_key(self, spec: RefundSpec) -> str:
         return f"order:{_order_id(spec)}"

@@ -84,7 +84,6 @@ import base64
 import dataclasses
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -113,7 +112,8 @@ from providers.base import (
     Response,
     StatusResult,
     check_amount,
-    plain_decimal,
+    json_dumps,
+    json_loads,
     read_status,
 )
 from providers.readings import refund_status
@@ -199,30 +199,6 @@ def verify_webhook_signature(webhook_secret: str, raw_body: bytes, signature: st
 
 
 # --- JSON with exact decimals -------------------------------------------------------------------
-
-
-def json_dumps(value: Any) -> str:
-    """Compact JSON where a Decimal becomes a JSON number written from its own text (never a float)."""
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError("a JSON number must be finite")
-        return plain_decimal(value)
-    if isinstance(value, float):
-        raise TypeError("floats are not written: use Decimal for amounts")
-    if isinstance(value, Mapping):
-        items = (f"{json.dumps(str(k), ensure_ascii=False)}:{json_dumps(v)}" for k, v in value.items())
-        return "{" + ",".join(items) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(json_dumps(v) for v in value) + "]"
-    return json.dumps(value, ensure_ascii=False)
-
-
-def json_loads(body: bytes) -> Any:
-    """Parse an answer keeping numbers exact (`ui_amount` etc. become Decimal). None if not JSON."""
-    try:
-        return json.loads(body, parse_float=Decimal) if body else None
-    except ValueError:
-        return None
 
 
 # --- wire types ---------------------------------------------------------------------------------

@@ -485,7 +485,7 @@ class CryptomusAdapter:
     # call carries no amount and returns the whole invoice --
 
     payment_rule: PaymentRule = PaymentRule.WHOLE
-    reads_payment: bool = False  # TEMP until build_payment lands
+    reads_payment: bool = True
 
     def payment_key(self, spec: RefundSpec) -> str:
         return self.exclusive_key(spec) or ""

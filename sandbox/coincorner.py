@@ -46,10 +46,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from config.accounts import Account
+from providers.base import json_dumps
 from providers.coincorner import NAME, STATUS_TEXT, signature_matches
-from providers.coinvoyage import json_dumps
-from sandbox.core import LedgerEntry, Phase, SandboxState, Scenario, scenario_for
-from sandbox.cryptomus import marked_amount
+from sandbox.core import LedgerEntry, Phase, SandboxState, Scenario, marked_amount, scenario_for
 
 _NO_COUNTERPART = {Scenario.FAILED, Scenario.PARTIAL, Scenario.ACTION_REQUIRED}
 UNDOCUMENTED_STATUS = -7

@@ -68,6 +68,7 @@ Commit = Callable[[], Response]
 
 
 _MARKER = re.compile(r"sbx(\d{2})")
+_AMOUNT_MARKER = re.compile(r"amt(\d{1,12})(?:_(\d{1,8}))?")
 
 
 def scenario_for(amount: Decimal | None = None, *texts: str | None) -> Scenario:
@@ -78,6 +79,15 @@ def scenario_for(amount: Decimal | None = None, *texts: str | None) -> Scenario:
         return Scenario.NORMAL
     cents = int((amount * 100) % 100)
     return _scenario(cents)
+
+
+def marked_amount(default: Decimal, *texts: str | None) -> Decimal:
+    """The amount an `amt<units>[_<fraction>]` marker in the first marked text sets (`amt25_50` -> 25.50), else
+    `default`. The Cryptomus and CoinCorner sandboxes mark invoices and orders this way."""
+    for text in texts:
+        if text and (m := _AMOUNT_MARKER.search(text)):
+            return Decimal(f"{m.group(1)}.{m.group(2) or '00'}")
+    return default
 
 
 def _scenario(code: int) -> Scenario:

@@ -59,7 +59,7 @@ from starlette.routing import BaseRoute, Route
 
 from config.accounts import Account
 from providers.cryptomus import NAME, php_json_decode, sign_body
-from sandbox.core import LedgerEntry, Phase, SandboxState, Scenario, scenario_for
+from sandbox.core import LedgerEntry, Phase, SandboxState, Scenario, marked_amount, scenario_for
 
 DEFAULT_AMOUNT = Decimal("15.00")
 CURRENCY = "USDT"
@@ -69,7 +69,6 @@ UNDOCUMENTED_STATUS = "refund_hold"
 NETWORK = "tron"
 COMMISSION = Decimal("0.02")  # the merchant's fee: merchant_amount = amount less it
 INVOICE_LIFETIME = 3600  # seconds from creation to `expired_at`
-_AMOUNT_MARKER = re.compile(r"amt(\d{1,12})(?:_(\d{1,8}))?")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ORDER_ID = re.compile(r"[\w-]{1,128}")
 _NAMESPACE = uuidlib.UUID("0f8a3c5e-6c0b-4c1e-9a57-1c2d3e4f5a6b")
@@ -98,15 +97,6 @@ def _rate_limited(seconds: float) -> JSONResponse:
     response = _fail(429, "Too Many Attempts.")
     response.headers["Retry-After"] = str(max(1, math.ceil(seconds)))
     return response
-
-
-def marked_amount(default: Decimal, *texts: str | None) -> Decimal:
-    """The amount an `amt<units>[_<fraction>]` marker in the first marked text sets (`amt25_50` -> 25.50), else
-    `default`. The CoinCorner sandbox marks its orders the same way."""
-    for text in texts:
-        if text and (m := _AMOUNT_MARKER.search(text)):
-            return Decimal(f"{m.group(1)}.{m.group(2) or '00'}")
-    return default
 
 
 def _tron_address(seed: str) -> str:

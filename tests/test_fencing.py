@@ -8,6 +8,7 @@ import dataclasses
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -15,11 +16,11 @@ from sqlalchemy import text, update
 
 from config.accounts import Accounts
 from providers import get_adapter
+from providers.base import PaymentReading, Request, Response
 from providers.base import RefundStatus as S
-from providers.base import Request, Response
 from tests.conftest import make_runtime
 from tests.test_engine import cobo, coinvoyage
-from worker import store
+from worker import ceiling, store
 from worker.demo import own_payment
 from worker.engine import Engine, spec_of
 from worker.models import refund_table
@@ -254,7 +255,12 @@ def test_a_nonce_counter_far_ahead_gives_the_refund_back_without_sending(db_url:
     account = rt.accounts["coincorner-sandbox"]
     key = f"{rt.settings.redis_prefix}:nonce:coincorner:{key_id(account)}"
     rt.redis.set(key, str(int(time.time() * 1000) + 60_000))  # a minute ahead (ms nonces)
+    reading = PaymentReading("order:nonce-ahead-1", Decimal(100), "GBP")
     try:
+        # The payment read before the first send meets it first: later, nothing spent or sent.
+        assert Engine(rt).submit(refund.id) == "payment_read_later"
+        with rt.engine.begin() as conn:  # read meanwhile: now the send path itself meets it
+            assert ceiling.admit_reading(conn, refund.id, reading) is None
         result = Engine(rt).submit(refund.id)  # the old code slept ~50 s here, then raised TimeoutError
     finally:
         rt.redis.delete(key)

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from providers import get_adapter
 from tests.conftest import SandboxServer, Stack, make_runtime, settings_env
 from tests.test_pipeline import FINAL, clean
 from worker import store
@@ -263,8 +264,10 @@ def test_wrong_secret_is_rejected_with_a_reason_not_retried(
         dump_tracebacks(tmp_path)
 
     assert refund.status == "rejected"
-    assert refund.attempts == 1, reasons
-    assert sum("claimed for send" in r for r in reasons) == 1, reasons
+    # Where the provider reports the original payment, reading it comes first and is refused first.
+    sends = 0 if get_adapter(provider).reads_payment else 1
+    assert refund.attempts == sends, reasons
+    assert sum("claimed for send" in r for r in reasons) == sends, reasons
     assert "auth" in (refund.last_error or "").lower(), refund.last_error
     assert any("provider refused our credentials" in r for r in reasons), reasons
     ledger = sandbox.ledger()

@@ -179,7 +179,8 @@ def test_integrity_on_poll_and_scheduled_reconciliation(stack_factory: Any, sand
     stack.start_worker()
     stack.start_dispatcher()
     run = f"poll-{time.time_ns()}"
-    slow = enqueue_refund({**row(0, run, code=0), "amount": "21.53"}, rt).refund  # cobo, 53: slow lifecycle
+    slow_request = {**row(0, run, code=0), "amount": "21.53", "paid_amount": "21.53"}
+    slow = enqueue_refund(slow_request, rt).refund  # cobo, 53: slow lifecycle
     done = enqueue_refund(row(2, run, code=0), rt).refund  # coinvoyage, normal
     wait_for(rt, [slow.id], lambda r: r.status in ("pending", "processing"), stack, 30)
     drift(sandbox, "cobo", slow.id, amount="99.00")

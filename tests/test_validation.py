@@ -145,11 +145,13 @@ def test_provider_patterns_refuse_a_trailing_newline(accounts: Accounts) -> None
     # Adapters are also called directly (batch, sandbox): their own patterns must hold, not `$`.
     def spec(**changes: Any) -> RefundSpec:
         values: dict[str, Any] = {"refund_id": "r", "amount": Decimal("1"), "currency": "ETH_USDT"}
+        values["fields"] = {"order_id": "o"}
         return RefundSpec(**(values | {"destination": "0x" + "ab" * 20} | changes))
 
     cobo_errors = CoboAdapter().validate(spec(currency="ETH_USDT\n"), accounts["cobo-sandbox"])
     assert [e.field for e in cobo_errors] == ["currency"]
-    fee = CoboAdapter().validate(spec(fields={"merchant_fee_amount": "1e-100000000"}), accounts["cobo-sandbox"])
+    fee_fields = {"order_id": "o", "merchant_fee_amount": "1e-100000000"}
+    fee = CoboAdapter().validate(spec(fields=fee_fields), accounts["cobo-sandbox"])
     assert [e.field for e in fee] == ["merchant_fee_amount"]
     corner = CoinCornerAdapter().validate(
         spec(

@@ -30,7 +30,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, and_, select, tuple_, update
+from sqlalchemy import Connection, and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from providers import get_adapter
@@ -173,6 +173,22 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[i : i + CHUNK]
 
 
+def _by_account(keys: Sequence[Key]) -> Iterator[tuple[str, list[str]]]:
+    """Sorted keys as (account, up to CHUNK payment keys) runs, in the same order."""
+    run: list[str] = []
+    current: str | None = None
+    for account, key in keys:
+        if run and (account != current or len(run) >= CHUNK):
+            assert current is not None
+            yield current, run
+            run = []
+        current = account
+        run.append(key)
+    if run:
+        assert current is not None
+        yield current, run
+
+
 def _insert_missing(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     for chunk in _chunks(rows):
@@ -189,10 +205,12 @@ def lock(conn: Connection, first: Mapping[Key, str]) -> dict[Key, Ledger]:
         [{"account": a, "key": k, "currency": first[(a, k)], "detail": {}, "created_at": now} for a, k in keys],
     )
     ledgers: dict[Key, Ledger] = {}
-    for chunk in _chunks(keys):
+    for account, chunk in _by_account(keys):
+        # One account and IN on the key: both databases use the (account, key) indexes (SQLite
+        # scans the whole table for a row-value IN).
         query = (
             select(P.account, P.key, P.currency, P.refundable, P.source, P.read_at)
-            .where(tuple_(P.account, P.key).in_(chunk))
+            .where(P.account == account, P.key.in_(chunk))
             .order_by(P.account, P.key)
         )
         if conn.dialect.name == "postgresql":
@@ -200,7 +218,7 @@ def lock(conn: Connection, first: Mapping[Key, str]) -> dict[Key, Ledger]:
         for p in conn.execute(query):
             ledgers[(p.account, p.key)] = Ledger(p.currency, p.refundable, p.source, p.read_at)
         refunds = select(R.account, R.payment_key, R.status, R.amount, R.settled_amount).where(
-            tuple_(R.account, R.payment_key).in_(chunk), R.status.not_in(NOT_COUNTED)
+            R.account == account, R.payment_key.in_(chunk), R.status.not_in(NOT_COUNTED)
         )
         for r in conn.execute(refunds):
             ledger = ledgers[(r.account, r.payment_key)]

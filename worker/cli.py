@@ -219,6 +219,9 @@ def refund_create(
     currency: Annotated[str, typer.Option()],
     destination: Annotated[str, typer.Option()],
     field: Annotated[list[str] | None, typer.Option(help="provider field NAME=VALUE (repeatable)")] = None,
+    paid_amount: Annotated[
+        str | None, typer.Option(help="what the customer paid for the original payment (cobo, coinvoyage)")
+    ] = None,
 ) -> None:
     """Validate, store and enqueue one refund."""
     from worker.producer import IdempotencyConflict, enqueue_refund
@@ -238,6 +241,7 @@ def refund_create(
                 "provider": provider,
                 "account": account,
                 "amount": amount,
+                **({} if paid_amount is None else {"paid_amount": paid_amount}),
                 "currency": currency,
                 "destination": destination,
                 "fields": fields,
@@ -261,6 +265,10 @@ def _field_value(text: str) -> Any:
     except ValueError:
         return text
     return value if isinstance(value, bool | int) or value is None else text
+
+
+# Shown only when set: most refunds have none of them.
+OPTIONAL_SHOWN = frozenset({"paid_amount", "settled_amount", "fee", "retry_of", "follow_up_of"})
 
 
 @refund_app.command("show")
@@ -290,9 +298,15 @@ def refund_show(refund: Annotated[str, typer.Argument(help="refund id or idempot
         "currency",
         "destination",
         "fields",
+        "payment_key",
+        "paid_amount",
         "status",
         "provider_status",
         "provider_refund_id",
+        "settled_amount",
+        "fee",
+        "retry_of",
+        "follow_up_of",
         "attempts",
         "next_action_at",
         "deadline",
@@ -301,7 +315,9 @@ def refund_show(refund: Annotated[str, typer.Argument(help="refund id or idempot
         "created_at",
         "updated_at",
     ):
-        table.add_row(name, _shown(getattr(row, name)))
+        value = getattr(row, name)
+        if value is not None or name not in OPTIONAL_SHOWN:
+            table.add_row(name, _shown(value))
     console.print(table)
     events = Table(title="events")
     for col in ("at", "from", "to", "provider status", "reason"):

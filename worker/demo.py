@@ -53,7 +53,7 @@ def own_payment(request: dict[str, Any]) -> dict[str, Any]:
     except ValueError:
         return out
     # Read off the exponent, never formatted: format(Decimal("1e100000000"), "f") takes 0.3 s.
-    if isinstance(paid, Decimal) and paid.is_finite() and paid > 0 and paid.adjusted() < 20:
+    if isinstance(paid, Decimal) and paid.is_finite() and paid > 0 and abs(paid.adjusted()) < 20:
         out.setdefault("paid_amount", str(paid) if isinstance(amount, str) else format(paid, "f"))
     return out
 

@@ -461,6 +461,9 @@ class Engine:
             except ProviderError as exc:
                 if exc.kind is ErrorKind.REJECTED:
                     return self._refuse_unsent(refund, f"the provider does not know the original payment: {exc}")
+                if exc.kind is ErrorKind.AUTH:  # as a send would be: rejected, never looped on
+                    why = f"the provider refused our credentials reading the original payment: {exc}"
+                    return self._refuse_unsent(refund, why)
                 return self._read_later(refund, exc)
             except (NotSent, MaybeSent) as exc:  # a read: nothing was executed either way
                 return self._read_later(refund, exc)
@@ -490,7 +493,8 @@ class Engine:
         return None
 
     def _refuse_unsent(self, refund: Refund, why: str) -> str:
-        moved = self._move(refund, S.REJECTED, reason=f"refused before sending: {why}", values={"next_action_at": None})
+        values = {"next_action_at": None, "last_error": redact(why)[:2000]}
+        moved = self._move(refund, S.REJECTED, reason=f"refused before sending: {redact(why)}", values=values)
         return S.REJECTED.value if moved else "lost_race"
 
     def _read_later(self, refund: Refund, exc: BaseException) -> str:
