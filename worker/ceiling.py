@@ -30,7 +30,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, and_, select, update
+from sqlalchemy import Connection, and_, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from providers import get_adapter
@@ -189,23 +189,51 @@ def _by_account(keys: Sequence[Key]) -> Iterator[tuple[str, list[str]]]:
         yield current, run
 
 
-def _insert_missing(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+def _insert_missing(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> set[Key]:
+    """One executemany (compiled once, sent as multi-row INSERTs); the keys it created."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    for chunk in _chunks(rows):
-        conn.execute(dialect.insert(payment_table).values(list(chunk)).on_conflict_do_nothing())
+    if not rows:
+        return set()
+    insert = dialect.insert(payment_table).on_conflict_do_nothing().returning(P.account, P.key)
+    return {(r.account, r.key) for r in conn.execute(insert, list(rows))}
 
 
-def lock(conn: Connection, first: Mapping[Key, str]) -> dict[Key, Ledger]:
-    """Create the payments not seen before (in `first`'s currency: the first refund's), lock them
-    all in one order (no deadlock between two admissions), and read what their refunds take."""
+# What a payment is created with when refundq first sees it: the first refund's currency and the
+# paid_amount it states (None: not stated).
+First = tuple[str, Decimal | None]
+
+
+def first_seen(claims: Iterable[Claim]) -> dict[Key, First]:
+    first: dict[Key, First] = {}
+    for claim in claims:
+        first.setdefault((claim.account, claim.key), (claim.currency, claim.paid_amount))
+    return first
+
+
+def lock(conn: Connection, first: Mapping[Key, First]) -> dict[Key, Ledger]:
+    """Create the payments not seen before (as `first` says), lock them all in one order (no
+    deadlock between two admissions), and read what their refunds take."""
     keys = sorted(first)
     now = utcnow()
-    _insert_missing(
+    created = _insert_missing(
         conn,
-        [{"account": a, "key": k, "currency": first[(a, k)], "detail": {}, "created_at": now} for a, k in keys],
+        [
+            {
+                "account": a,
+                "key": k,
+                "currency": first[(a, k)][0],
+                "refundable": first[(a, k)][1],
+                "source": None if first[(a, k)][1] is None else "producer",
+                "read_at": None,
+                "detail": {},
+                "created_at": now,
+            }
+            for a, k in keys
+        ],
     )
-    ledgers: dict[Key, Ledger] = {}
-    for account, chunk in _by_account(keys):
+    # Created just now (and so locked by this transaction): nothing can have taken from them yet.
+    ledgers = {k: Ledger(first[k][0], first[k][1], None if first[k][1] is None else "producer", None) for k in created}
+    for account, chunk in _by_account([k for k in keys if k not in created]):
         # One account and IN on the key: both databases use the (account, key) indexes (SQLite
         # scans the whole table for a row-value IN).
         query = (
@@ -228,24 +256,25 @@ def lock(conn: Connection, first: Mapping[Key, str]) -> dict[Key, Ledger]:
 
 
 def record(conn: Connection, ledgers: Mapping[Key, Ledger]) -> None:
-    """Store what producers stated just now (never over a value already recorded)."""
-    for (account, key), ledger in ledgers.items():
-        if ledger.stated:
-            conn.execute(
-                update(payment_table)
-                .where(P.account == account, P.key == key, P.refundable.is_(None))
-                .values(refundable=ledger.refundable, source="producer")
-            )
+    """Store what producers stated just now for payments known without it (never over a value
+    already recorded). New payments were created with it (`lock`)."""
+    stated = [
+        {"a": account, "k": key, "r": ledger.refundable} for (account, key), ledger in ledgers.items() if ledger.stated
+    ]
+    if stated:
+        conn.execute(
+            update(payment_table)
+            .where(P.account == bindparam("a"), P.key == bindparam("k"), P.refundable.is_(None))
+            .values(refundable=bindparam("r"), source="producer"),
+            stated,
+        )
 
 
 def admit(conn: Connection, claims: Sequence[Claim]) -> list[tuple[int, FieldError]]:
     """In the caller's write transaction, before the refunds are inserted: lock their payments and
     judge them in order. Returns the refused ones as (claim.row, error); the caller inserts the
     others, or rolls it all back (a producer's refused request stores nothing)."""
-    first: dict[Key, str] = {}
-    for claim in claims:
-        first.setdefault((claim.account, claim.key), claim.currency)
-    ledgers = lock(conn, first)
+    ledgers = lock(conn, first_seen(claims))
     refused = judge(claims, ledgers)
     record(conn, ledgers)
     return refused
@@ -259,7 +288,7 @@ def admit_reading(conn: Connection, refund_id: str, reading: PaymentReading) -> 
     changes nothing of the refund (the caller rejects it)."""
     refund = conn.execute(select(refund_table).where(R.id == refund_id)).one()
     account, old_key, key = refund.account, refund.payment_key, reading.key
-    ledger = lock(conn, {(account, key): reading.currency})[(account, key)]
+    ledger = lock(conn, {(account, key): (reading.currency, None)})[(account, key)]
     now = utcnow()
     values: dict[str, Any] = {
         "currency": reading.currency,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -35,7 +36,7 @@ from worker.actions import (
 )
 from worker.engine import REQUEST_ID_OF, Engine
 from worker.errors import MaybeSent, NotSent
-from worker.models import Refund
+from worker.models import Refund, refund_table
 from worker.producer import publish_submit, refund_values
 from worker.runtime import Runtime
 from worker.text import escape_controls
@@ -113,21 +114,23 @@ def judge_retry(refund: Refund, late: Sequence[Mapping[str, Any]], retried: str 
     return may_send_again(refund, late)
 
 
+def _request_like(old: Refund, key: str, amount: Decimal) -> dict[str, Any]:
+    """A producer's request for a new refund of the same payment to the same destination."""
+    return {
+        "idempotency_key": key,
+        "provider": old.provider,
+        "account": old.account,
+        "amount": format(amount, "f"),
+        **({} if old.paid_amount is None else {"paid_amount": format(old.paid_amount, "f")}),
+        "currency": old.currency,
+        "destination": old.destination,
+        "fields": old.fields,
+    }
+
+
 def retry_values(old: Refund, rt: Runtime, *, batch_id: str | None = None) -> dict[str, Any]:
     """The new attempt's row, validated as a producer's request is (ValidationFailed)."""
-    request = check(
-        {
-            "idempotency_key": retry_key(old.idempotency_key),
-            "provider": old.provider,
-            "account": old.account,
-            "amount": format(old.amount, "f"),
-            **({} if old.paid_amount is None else {"paid_amount": format(old.paid_amount, "f")}),
-            "currency": old.currency,
-            "destination": old.destination,
-            "fields": old.fields,
-        },
-        rt.accounts,
-    )
+    request = check(_request_like(old, retry_key(old.idempotency_key), old.amount), rt.accounts)
     values = refund_values(request, rt, batch_id=batch_id)
     values["retry_of"] = old.id
     # The id the provider knows the old attempt by, kept through retries of retries
@@ -187,7 +190,7 @@ def follow_up(rt: Runtime, refund_id: str, *, by: str, note: str | None = None, 
     with rt.engine.begin() as conn:
         old = _load(conn, refund_id)
         if old.payment_key is not None:
-            ceiling.lock(conn, {(old.account, old.payment_key): old.currency})
+            ceiling.lock(conn, {(old.account, old.payment_key): (old.currency, old.paid_amount)})
         earlier = store.follow_ups(conn, old.id)
         verdict, remainder = may_follow_up(old, earlier)
         values: dict[str, Any] | None = None
@@ -199,10 +202,13 @@ def follow_up(rt: Runtime, refund_id: str, *, by: str, note: str | None = None, 
         if values is not None and (refused := ceiling.admit(conn, [ceiling.claim_of(values)])):
             verdict, values = Verdict(False, f"{old.id}: the follow-up is refused: {refused[0][1]}"), None
         if values is not None:
+            # Final from here: never polled again, and the claim bumped so a poll in flight changes nothing.
+            final = {"next_action_at": None, "claim": refund_table.c.claim + 1}
+            if not store.touch(conn, old.id, S.PARTIALLY_COMPLETED, final, claim=old.claim):
+                raise ActionRefused(f"{old.id}: it changed meanwhile; look again")
             why = _why(verdict, note)
             store.insert_refund(conn, values, reason=f"follow-up of {old.id} by {by}: {why}")
             store.add_event(conn, old.id, S(old.status), f"follow-up {values['id']} for {remainder} by {by}: {why}")
-            store.touch(conn, old.id, S.PARTIALLY_COMPLETED, {"next_action_at": None})
     if values is None:
         _refused(rt, old, "follow-up", by, verdict)
     assert values is not None
@@ -212,20 +218,8 @@ def follow_up(rt: Runtime, refund_id: str, *, by: str, note: str | None = None, 
     return Done(values["id"], verdict.reason)
 
 
-def _follow_up_values(old: Refund, amount: Any, n: int, rt: Runtime) -> dict[str, Any]:
-    request = check(
-        {
-            "idempotency_key": f"follow-up:{old.id}:{n}",
-            "provider": old.provider,
-            "account": old.account,
-            "amount": format(amount, "f"),
-            **({} if old.paid_amount is None else {"paid_amount": format(old.paid_amount, "f")}),
-            "currency": old.currency,
-            "destination": old.destination,
-            "fields": old.fields,
-        },
-        rt.accounts,
-    )
+def _follow_up_values(old: Refund, amount: Decimal, n: int, rt: Runtime) -> dict[str, Any]:
+    request = check(_request_like(old, f"follow-up:{old.id}:{n}", amount), rt.accounts)
     return {**refund_values(request, rt, batch_id=old.batch_id), "follow_up_of": old.id}
 
 

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,19 +291,16 @@ def _over_ceiling(conn: Connection) -> list[RowError]:
     (worker/ceiling.py), in the file's row order, under the payments' locks. The rows refused,
     first MAX_REPORTED; none: the payments' stated amounts are stored with the batch."""
     row = STAGE.c[STAGE_ROW]
-    first: dict[ceiling.Key, str] = {}
-    for r in conn.execute(select(STAGE.c.account, STAGE.c.payment_key, STAGE.c.currency).order_by(row)):
-        first.setdefault((r.account, r.payment_key), r.currency)
-    ledgers = ceiling.lock(conn, first)
-    claims = (
-        ceiling.Claim(r[0], r.account, r.provider, r.payment_key, r.currency, r.amount, r.paid_amount)
-        for r in conn.execute(
-            select(row, STAGE.c.account, STAGE.c.provider, STAGE.c.payment_key, STAGE.c.currency)
-            .add_columns(STAGE.c.amount, STAGE.c.paid_amount)
-            .order_by(row)
+
+    def claims() -> Iterator[ceiling.Claim]:
+        query = select(row, STAGE.c.account, STAGE.c.provider, STAGE.c.payment_key, STAGE.c.currency).add_columns(
+            STAGE.c.amount, STAGE.c.paid_amount
         )
-    )
-    refused = ceiling.judge(claims, ledgers)[:MAX_REPORTED]
+        for r in conn.execute(query.order_by(row)):
+            yield ceiling.Claim(r[0], r.account, r.provider, r.payment_key, r.currency, r.amount, r.paid_amount)
+
+    ledgers = ceiling.lock(conn, ceiling.first_seen(claims()))
+    refused = ceiling.judge(claims(), ledgers)[:MAX_REPORTED]
     if not refused:
         ceiling.record(conn, ledgers)
         return []
