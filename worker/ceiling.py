@@ -30,13 +30,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, select, update
+from sqlalchemy import JSON, Connection, Select, and_, bindparam, case, literal, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from providers import get_adapter
 from providers.base import FieldError, PaymentReading, PaymentRule, RefundStatus, decimal_places
 from worker.actions import NOT_PAID
-from worker.models import payment_table, refund_table, utcnow
+from worker.models import TZDateTime, payment_table, refund_table, utcnow
 
 P = payment_table.c
 R = refund_table.c
@@ -233,7 +233,42 @@ def lock(conn: Connection, first: Mapping[Key, First]) -> dict[Key, Ledger]:
     )
     # Created just now (and so locked by this transaction): nothing can have taken from them yet.
     ledgers = {k: Ledger(first[k][0], first[k][1], None if first[k][1] is None else "producer", None) for k in created}
-    for account, chunk in _by_account([k for k in keys if k not in created]):
+    ledgers.update(lock_existing(conn, [k for k in keys if k not in created]))
+    return ledgers
+
+
+def create_from(conn: Connection, source: Select[Any]) -> dict[Key, Ledger]:
+    """Create, in one statement, the payments a query names that do not exist yet; their ledgers.
+    `source`: one row per payment with columns account, key, currency, refundable (what the first
+    refund of it states, or NULL). For thousands of payments at once (a batch's staging table)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    given = source.subquery()
+    stated = case((given.c.refundable.is_(None), None), else_=literal("producer"))
+    rows = select(
+        given.c.account,
+        given.c.key,
+        given.c.currency,
+        given.c.refundable,
+        stated,
+        literal(None, TZDateTime()),
+        literal({}, JSON()),
+        literal(utcnow(), TZDateTime()),
+    ).where(true())  # SQLite: without a WHERE, its parser reads ON CONFLICT as a join's ON
+    columns = ["account", "key", "currency", "refundable", "source", "read_at", "detail", "created_at"]
+    insert = (
+        dialect.insert(payment_table)
+        .from_select(columns, rows)
+        .on_conflict_do_nothing()
+        .returning(P.account, P.key, P.currency, P.refundable, P.source)
+    )
+    return {(r.account, r.key): Ledger(r.currency, r.refundable, r.source, None) for r in conn.execute(insert)}
+
+
+def lock_existing(conn: Connection, keys: Sequence[Key]) -> dict[Key, Ledger]:
+    """Lock payments that exist, sorted (no deadlock between two admissions), and read what their
+    refunds take."""
+    ledgers: dict[Key, Ledger] = {}
+    for account, chunk in _by_account(sorted(keys)):
         # One account and IN on the key: both databases use the (account, key) indexes (SQLite
         # scans the whole table for a row-value IN).
         query = (
