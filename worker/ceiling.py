@@ -168,11 +168,6 @@ def _judge_one(claim: Claim, ledger: Ledger) -> FieldError | None:
 # --- the database side ---------------------------------------------------------------------------
 
 
-def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), CHUNK):
-        yield items[i : i + CHUNK]
-
-
 def _by_account(keys: Sequence[Key]) -> Iterator[tuple[str, list[str]]]:
     """Sorted keys as (account, up to CHUNK payment keys) runs, in the same order."""
     run: list[str] = []
