@@ -8,9 +8,11 @@ Faithful to shared/providers/cryptomus.md where it is documented:
   that already are PHP-style JSON (all refundq sends) and stricter for anything else.
 - Envelope `{"state":0,"result":...}`; validation errors 422 `{"state":1,"errors":{field:["validation.x"]}}`;
   other refusals 422 `{"state":1,"message":...}`.
-- Invoices: every uuid / order_id names a paid invoice of 15.00 USDT, created on first sight. A marker
-  `amt<units>[_<fraction>]` in the order_id or uuid sets another amount (`amt25_50` -> 25.50). An order_id
-  alone maps to a deterministic uuid (uuid5); a call giving both links them (the uuid identifies the invoice).
+- Invoices: every order_id names a paid invoice of 15.00 USDT, created on first sight (the merchant's own
+  order). A marker `amt<units>[_<fraction>]` in the order_id or uuid sets another amount (`amt25_50` ->
+  25.50). An order_id alone maps to a deterministic uuid (uuid5); a call giving both links them (the uuid
+  identifies the invoice). A uuid alone names an invoice only once the sandbox issued it (for an order_id
+  it has seen, or given together with one); any other uuid is 422 `Payment was not found`, as live.
 - One refund per invoice: a second refund call answers 422 `{"state":1,"message":"You can make a refund
   only once"}` (the real text is undocumented, spec §9; this wording echoes the sibling refund-blocked
   endpoint) and is counted with `count_create_call`.
@@ -128,7 +130,8 @@ def routes(state: SandboxState) -> list[BaseRoute]:
     order_by_uuid: dict[tuple[str, str], str] = {}
     created_at: dict[str, float] = {}  # invoice uuid -> when the sandbox first saw it (its creation)
 
-    def invoice(merchant: str, data: dict[str, Any]) -> Invoice:
+    def invoice(merchant: str, data: dict[str, Any]) -> Invoice | None:
+        """The invoice a call names; None for a uuid alone that this merchant never issued."""
         order_id = str(data["order_id"]) if data.get("order_id") else None
         if data.get("uuid"):
             invoice_uuid = str(data["uuid"]).lower()
@@ -136,11 +139,14 @@ def routes(state: SandboxState) -> list[BaseRoute]:
                 uuid_by_order[(merchant, order_id)] = invoice_uuid
                 order_by_uuid[(merchant, invoice_uuid)] = order_id
             order_id = order_id or order_by_uuid.get((merchant, invoice_uuid))
+            if order_id is None:
+                return None  # live: "Payment was not found"
         else:
             assert order_id is not None  # validated: one of uuid / order_id
             invoice_uuid = uuid_by_order.get((merchant, order_id)) or str(
                 uuidlib.uuid5(_NAMESPACE, f"{merchant}:{order_id}")
             )
+            order_by_uuid[(merchant, invoice_uuid)] = order_id  # now known by its uuid too
         created_at.setdefault(invoice_uuid, time.time())
         return Invoice(
             invoice_uuid,
@@ -234,7 +240,7 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         if errors:
             return _fail(422, errors=errors)
         inv = invoice(merchant, data)
-        if inv.scenario == Scenario.REJECTED:
+        if inv is None or inv.scenario == Scenario.REJECTED:
             return _fail(422, NOT_FOUND)
         if state.find(NAME, merchant, inv.uuid) is not None:
             state.count_create_call(NAME, merchant, inv.uuid)
@@ -285,6 +291,8 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         if errors := _reference_errors(data):
             return _fail(422, errors=errors)
         inv = invoice(merchant, data)
+        if inv is None:
+            return _fail(422, NOT_FOUND)
         entry = state.find(NAME, merchant, inv.uuid)
         if entry is None and inv.scenario == Scenario.REJECTED:
             return _fail(422, NOT_FOUND)

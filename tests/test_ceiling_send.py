@@ -117,11 +117,16 @@ def test_a_coincorner_refund_above_the_invoice_is_refused_before_sending(rt: Any
     assert [e["created"] for e in created(sandbox, "coincorner")] == [1]
 
 
-def test_a_payment_the_provider_does_not_know_is_refused_before_sending(rt: Any, sandbox: Any) -> None:
-    refund, _ = persist(coincorner(f"gone-{time.time_ns()}", "1.00", f"missing-{time.time_ns()}"), rt)
+@pytest.mark.parametrize("provider", ["coincorner", "cryptomus"])
+def test_a_payment_the_provider_does_not_know_is_refused_before_sending(rt: Any, sandbox: Any, provider: str) -> None:
+    if provider == "coincorner":
+        request = coincorner(f"gone-{time.time_ns()}", "1.00", f"missing-{time.time_ns()}")
+    else:  # a uuid Cryptomus never issued: "Payment was not found"
+        request = cryptomus(f"gone-{time.time_ns()}", "15.00", uuid=str(uuidlib.uuid4()))
+    refund, _ = persist(request, rt)
     assert Engine(rt).submit(refund.id) == "rejected"
-    assert created(sandbox, "coincorner") == []
-    assert any("does not know the original payment" in r for r in reasons(rt, refund.id))
+    assert created(sandbox, provider) == []
+    assert any("does not know the original payment" in r for r in reasons(rt, refund.id)), reasons(rt, refund.id)
 
 
 # --- PartiallyCompleted, then a follow-up for the remainder ------------------------------------------
