@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from providers.base import PaymentReading
 from providers.base import RefundStatus as S
 from sandbox import cryptomus as sandbox_cryptomus
 from tests.conftest import make_runtime
 from tests.test_operator import drive
-from worker import store
+from worker import ceiling, store
 from worker.demo import ADDRESSES
 from worker.engine import Engine
 from worker.models import payment_table
@@ -211,3 +212,31 @@ def test_follow_up_and_paid_amount_from_the_command_line(rt: Any, sandbox: Any) 
         assert "settled_amount" in shown.output and "48.31" in shown.output, shown.output
     finally:
         set_runtime(None)
+
+
+def test_a_twin_delivery_of_one_submit_does_not_count_the_refund_against_itself(sandbox: Any, pg_url: str) -> None:
+    """Two deliveries of one refund's submit judge it at once: the first moves it to the invoice's
+    canonical key under the payment's lock; the twin, waiting for that lock, read the refund before
+    it and then counted it as another refund of the invoice (15.00 + 15.00 > 15.00): a good refund
+    was rejected. Found by test_traps.test_duplicate_submit_messages_send_once."""
+    import threading
+
+    rt = make_runtime(pg_url, sandbox.accounts_file)
+    order = f"twin-{time.time_ns()}"
+    refund, _ = persist(cryptomus(order, "15.00", order_id=order), rt)
+    reading = PaymentReading(f"invoice:{uuidlib.uuid4()}", Decimal("15.00"), "USDT")
+    twin: dict[str, Any] = {}
+
+    def second_delivery() -> None:
+        with rt.engine.begin() as conn:
+            twin["error"] = ceiling.admit_reading(conn, refund.id, reading)
+
+    with rt.engine.connect() as first:
+        tx = first.begin()
+        assert ceiling.admit_reading(first, refund.id, reading) is None  # holds the lock, key moved
+        thread = threading.Thread(target=second_delivery)
+        thread.start()
+        time.sleep(0.5)  # the twin is waiting for the payment's lock now
+        tx.commit()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and twin == {"error": None}, twin

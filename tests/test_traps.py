@@ -175,7 +175,7 @@ def test_duplicate_submit_messages_send_once(stack_factory: Any, sandbox: Any, p
     wait_for("the duplicates consumed", lambda: redis.llen("refundq.submit") == 0, 30, stack)
     time.sleep(1.0)  # the last ones taken off the list finish their (no-op) run
     assert set(statuses(rt, ids).values()) <= FINAL
-    assert len(assert_each_sent_once(sandbox)) == 8
+    assert len(assert_each_sent_once(sandbox)) == 8, {i: (statuses(rt, ids)[i], reasons(rt, i)) for i in ids}
     for refund_id in ids:
         why = reasons(rt, refund_id)
         assert sum("claimed for send" in r for r in why) == 1, why

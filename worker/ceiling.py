@@ -205,7 +205,7 @@ def first_seen(claims: Iterable[Claim]) -> dict[Key, First]:
     return first
 
 
-def lock(conn: Connection, first: Mapping[Key, First]) -> dict[Key, Ledger]:
+def lock(conn: Connection, first: Mapping[Key, First], exclude: str | None = None) -> dict[Key, Ledger]:
     """Create the payments not seen before (as `first` says), lock them all in one order (no
     deadlock between two admissions), and read what their refunds take."""
     keys = sorted(first)
@@ -228,7 +228,7 @@ def lock(conn: Connection, first: Mapping[Key, First]) -> dict[Key, Ledger]:
     )
     # Created just now (and so locked by this transaction): nothing can have taken from them yet.
     ledgers = {k: Ledger(first[k][0], first[k][1], None if first[k][1] is None else "producer", None) for k in created}
-    ledgers.update(lock_existing(conn, [k for k in keys if k not in created]))
+    ledgers.update(lock_existing(conn, [k for k in keys if k not in created], exclude))
     return ledgers
 
 
@@ -259,9 +259,9 @@ def create_from(conn: Connection, source: Select[Any]) -> dict[Key, Ledger]:
     return {(r.account, r.key): Ledger(r.currency, r.refundable, r.source, None) for r in conn.execute(insert)}
 
 
-def lock_existing(conn: Connection, keys: Sequence[Key]) -> dict[Key, Ledger]:
+def lock_existing(conn: Connection, keys: Sequence[Key], exclude: str | None = None) -> dict[Key, Ledger]:
     """Lock payments that exist, sorted (no deadlock between two admissions), and read what their
-    refunds take."""
+    refunds take (but refund `exclude`)."""
     ledgers: dict[Key, Ledger] = {}
     for account, chunk in _by_account(sorted(keys)):
         # One account and IN on the key: both databases use the (account, key) indexes (SQLite
@@ -278,6 +278,8 @@ def lock_existing(conn: Connection, keys: Sequence[Key]) -> dict[Key, Ledger]:
         refunds = select(R.account, R.payment_key, R.status, R.amount, R.settled_amount).where(
             R.account == account, R.payment_key.in_(chunk), R.status.not_in(NOT_COUNTED)
         )
+        if exclude is not None:
+            refunds = refunds.where(R.id != exclude)
         for r in conn.execute(refunds):
             ledger = ledgers[(r.account, r.payment_key)]
             ledger.committed += counted(r.status, r.amount, r.settled_amount)
@@ -316,9 +318,12 @@ def admit_reading(conn: Connection, refund_id: str, reading: PaymentReading) -> 
     Cryptomus order_id becomes the invoice uuid) and judge the refund against it, under the lock,
     counting every other refund of the payment. In the caller's write transaction; a refusal
     changes nothing of the refund (the caller rejects it)."""
+    account, key = conn.execute(select(R.account).where(R.id == refund_id)).scalar_one(), reading.key
+    # Every other refund of the payment; this one is judged. Read after the lock: a twin delivery
+    # of the same submit may have moved it to the canonical key just before.
+    ledger = lock(conn, {(account, key): (reading.currency, None)}, exclude=refund_id)[(account, key)]
     refund = conn.execute(select(refund_table).where(R.id == refund_id)).one()
-    account, old_key, key = refund.account, refund.payment_key, reading.key
-    ledger = lock(conn, {(account, key): (reading.currency, None)})[(account, key)]
+    old_key = refund.payment_key
     now = utcnow()
     values: dict[str, Any] = {
         "currency": reading.currency,
@@ -339,10 +344,7 @@ def admit_reading(conn: Connection, refund_id: str, reading: PaymentReading) -> 
     )
     if refund.currency.upper() != reading.currency.upper():
         return FieldError("currency", f"payment {key} is in {reading.currency}; this refund is in {refund.currency}")
-    if old_key == key:
-        ledger.committed -= counted(refund.status, refund.amount, refund.settled_amount)
-        ledger.count -= 1
-    else:
+    if old_key != key:
         moved = {"payment_key": key}
         if refund.exclusive_key is not None and refund.exclusive_key == old_key:
             # One live refund per invoice, by its canonical key: another refund may have named the
