@@ -475,22 +475,9 @@ class Engine:
                     if not store.touch(conn, refund.id, S.QUEUED, {}, claim=refund.claim):
                         raise store.LostRace(refund.id, S.QUEUED, S.QUEUED)
                     store.add_event(conn, refund.id, S.QUEUED, why)
-                else:
-                    store.transition(
-                        conn,
-                        refund.id,
-                        S.QUEUED,
-                        S.REJECTED,
-                        reason=f"refused before sending: {error}",
-                        claim=refund.claim,
-                        values={"next_action_at": None, "last_error": str(error)[:2000]},
-                    )
         except store.LostRace:
             return "lost_race"
-        if error is not None:
-            log.info("status", frm="queued", to="rejected", reason=str(error))
-            return S.REJECTED.value
-        return None
+        return None if error is None else self._refuse_unsent(refund, str(error))
 
     def _refuse_unsent(self, refund: Refund, why: str) -> str:
         values = {"next_action_at": None, "last_error": redact(why)[:2000]}
